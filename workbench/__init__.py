@@ -1,0 +1,12 @@
+"""workbench: differentiate machine-learning programs written in relational algebra."""
+from workbench.errors import KernelError, PlanError, RelationError
+from workbench.ops import aggregate, join, select
+from workbench.plan import Plan
+from workbench.relation import Relation, from_frame, from_matrix, from_tensor, to_matrix
+
+__all__ = [
+    "Relation", "from_tensor", "from_matrix", "from_frame", "to_matrix",
+    "select", "join", "aggregate", "Plan",
+    "RelationError", "PlanError", "KernelError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Executors run plans. ``local`` runs on one process: Polars for keys, JAX for values."""

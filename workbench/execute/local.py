@@ -1,0 +1,185 @@
+"""The local executor: one function per plan node type, vectorized over whole relations.
+
+Keys live in Polars (joins, filters, group ids); values live in JAX arrays (kernels under
+``jax.vmap``, gathers and segment sums under ``jax.jit``). No Python loop runs per tuple.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import polars as pl
+
+from workbench import kernels as K
+from workbench.errors import PlanError
+from workbench.plan import Add, Aggregate, Join, Node, Scan, Select, toposort
+from workbench.table import Table, empty_keys
+
+
+@dataclass
+class NodeStats:
+    rows: int
+    seconds: float
+    nbytes: int
+
+
+@dataclass
+class Context:
+    """What one run keeps: results per node (so a backward plan reuses forward intermediates),
+    the row pairings of joins (so a re-join of the same inputs reuses the match), and stats."""
+
+    memo: dict = field(default_factory=dict)  # Node -> Table
+    matches: dict = field(default_factory=dict)  # (left node, right node, on) -> (li, ri, frame)
+    stats: dict | None = None  # Node -> NodeStats, when analyzing
+
+
+def execute(outputs, ctx: Context | None = None) -> list[Table]:
+    """Evaluate ``outputs`` (plan nodes), computing each reachable node once."""
+    ctx = ctx if ctx is not None else Context()
+    for node in toposort(list(outputs)):
+        if node in ctx.memo:
+            continue
+        inputs = [ctx.memo[i] for i in node.inputs]
+        start = time.perf_counter()
+        table = run_node(node, inputs, ctx)
+        if ctx.stats is not None:
+            table.values.block_until_ready()
+            ctx.stats[node] = NodeStats(table.height, time.perf_counter() - start, table.nbytes)
+        ctx.memo[node] = table
+    return [ctx.memo[o] for o in outputs]
+
+
+@functools.singledispatch
+def run_node(node: Node, inputs: list[Table], ctx: Context) -> Table:
+    raise NotImplementedError(f"the local executor has no implementation for {type(node).__name__}")
+
+
+@run_node.register
+def _scan(node: Scan, inputs, ctx) -> Table:
+    return node.table
+
+
+def _check_unique(keys: pl.DataFrame, height: int, node: Node, what: str) -> None:
+    """A key projection that drops keys must still give every tuple its own key."""
+    dup = height > 1 if keys.width == 0 else bool(keys.is_duplicated().any())
+    if dup:
+        example = "()" if keys.width == 0 else str(keys.filter(keys.is_duplicated()).row(0))
+        raise PlanError(
+            f"{what}: the output key projection maps several tuples to one key {node.schema.keys} = "
+            f"{example}; output keys must stay unique. To combine those tuples, keep the keys and "
+            f"use wb.aggregate(..., by={node.schema.keys}).")
+
+
+@run_node.register
+def _select(node: Select, inputs, ctx) -> Table:
+    (t,) = inputs
+    keys, rows = t.keys, None
+    if node.pred is not None:
+        kept = keys.with_row_index("_i").filter(node.pred)
+        rows = kept["_i"].to_numpy()
+        keys = kept
+    out = keys.select([pl.col(i).alias(o) for o, i in node.keys]) if node.keys else pl.DataFrame()
+    n = t.height if rows is None else len(rows)
+    if node.drops_keys:
+        _check_unique(out, n, node, f"select over '{_name(node.input)}'")
+    if node.kernel is not None:
+        values = K.apply(node.kernel, [(t.values, rows)], [node.input.schema.value_shape], t.values.dtype.name)
+    elif rows is not None:
+        values = K.gather(t.values, rows)
+    else:
+        values = t.values
+    return Table(out, values)
+
+
+def _match(node: Join, lt: Table, rt: Table, ctx: Context):
+    """Row pairs (li, ri) of the equi-join, and a frame with every key of both sides."""
+    cache_key = (node.left, node.right, node.on)
+    if cache_key in ctx.matches:
+        return ctx.matches[cache_key]
+    lk = lt.keys.rename({k: "l:" + k for k in lt.keys.columns})
+    rk = rt.keys.rename({k: "r:" + k for k in rt.keys.columns})
+    if lk.width == 0 or rk.width == 0:  # a keyless side holds at most one tuple: a broadcast
+        li = np.repeat(np.arange(lt.height), rt.height)
+        ri = np.tile(np.arange(rt.height), lt.height)
+        frame = pl.concat([lk[li] if lk.width else pl.DataFrame(), rk[ri] if rk.width else pl.DataFrame()],
+                          how="horizontal") if (lk.width or rk.width) else pl.DataFrame()
+    else:
+        lk, rk = lk.with_row_index("_l"), rk.with_row_index("_r")
+        if node.on:
+            frame = lk.join(rk, left_on=["l:" + l for l, _ in node.on],
+                            right_on=["r:" + r for _, r in node.on], how="inner", coalesce=False)
+        else:
+            frame = lk.join(rk, how="cross")
+        li, ri = frame["_l"].to_numpy(), frame["_r"].to_numpy()
+    ctx.matches[cache_key] = (li, ri, frame)
+    return li, ri, frame
+
+
+@run_node.register
+def _join(node: Join, inputs, ctx) -> Table:
+    lt, rt = inputs
+    li, ri, frame = _match(node, lt, rt, ctx)
+    prefix = {"left": "l:", "right": "r:"}
+    out = frame.select([pl.col(prefix[s] + k).alias(o) for o, s, k in node.keys]) if node.keys else pl.DataFrame()
+    if node.drops_keys:
+        _check_unique(out, len(li), node, f"join of '{_name(node.left)}' and '{_name(node.right)}'")
+    shapes = [node.left.schema.value_shape, node.right.schema.value_shape]
+    values = K.apply(node.kernel, [(lt.values, li), (rt.values, ri)], shapes, node.schema.dtype)
+    return Table(out, values)
+
+
+def group_ids(keys: pl.DataFrame, by: tuple[str, ...], extents: tuple[int, ...]):
+    """For each row, the index of its group; and the groups' keys (one row per group)."""
+    n = keys.height
+    size = int(np.prod(extents, dtype=np.float64)) if by else 1
+    if not by:
+        return np.zeros(n, np.int64), pl.DataFrame(), 1
+    if size <= 4 * n + 4096:  # dense key space: linear index, bincount, compress
+        lin = np.zeros(n, np.int64)
+        for k, e in zip(by, extents):
+            lin = lin * e + keys[k].to_numpy()
+        present = np.flatnonzero(np.bincount(lin, minlength=size))
+        remap = np.zeros(size, np.int64)
+        remap[present] = np.arange(len(present))
+        cols = np.unravel_index(present, extents)
+        out = pl.DataFrame({k: c.astype(np.int64) for k, c in zip(by, cols)})
+        return remap[lin], out, len(present)
+    groups = keys.select(by).with_row_index("_i").group_by(by).agg(pl.col("_i"))
+    members = groups.select(pl.col("_i"), pl.int_range(pl.len()).alias("_g")).explode("_i")
+    ids = np.empty(n, np.int64)
+    ids[members["_i"].to_numpy()] = members["_g"].to_numpy()
+    return ids, groups.select(by), groups.height
+
+
+@run_node.register
+def _aggregate(node: Aggregate, inputs, ctx) -> Table:
+    (t,) = inputs
+    ids, out, g = group_ids(t.keys, node.by, node.schema.extents)
+    if node.kernel == "mean" and t.height == 0 and not node.by:
+        raise PlanError(f"aggregate mean over '{_name(node.input)}': the relation is empty, so its "
+                        f"mean is undefined")
+    values = K.segment_sum(t.values, ids, g)
+    if node.kernel == "mean":  # mean = sum / |group|
+        counts = np.bincount(ids, minlength=g).astype(t.values.dtype.name)
+        values = values / jnp.asarray(counts).reshape((g,) + (1,) * (values.ndim - 1))
+    return Table(out, values)
+
+
+@run_node.register
+def _add(node: Add, inputs, ctx) -> Table:
+    first = inputs[0]
+    if all(t.height == first.height and t.keys.equals(first.keys) for t in inputs[1:]):  # aligned
+        return Table(first.keys, functools.reduce(jnp.add, [t.values for t in inputs]))
+    keys = pl.concat([t.keys for t in inputs]) if first.keys.width else pl.DataFrame()
+    values = jnp.concatenate([t.values for t in inputs])
+    ids, out, g = group_ids(keys, node.schema.keys, node.schema.extents) if first.keys.width else (
+        np.zeros(values.shape[0], np.int64), pl.DataFrame(), 1)
+    return Table(out, K.segment_sum(values, ids, g))
+
+
+def _name(node: Node) -> str:
+    return node.label or getattr(node, "name", None) or node.kind

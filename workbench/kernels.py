@@ -1,0 +1,279 @@
+"""Per-tuple JAX kernels, batched over a relation's values.
+
+A kernel is a plain JAX function of one tuple's value(s). ``Kernel.output`` infers its output
+shape with ``jax.eval_shape``; ``apply`` runs it with ``jax.vmap`` under ``jax.jit``, gathering
+each argument's rows inside the compiled function. Compiled functions are cached per kernel
+(code and captured values), so a kernel re-created on every call of a training step compiles
+once. Small batches are padded to a few bucket sizes, so many small relations share a compile.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench.errors import KernelError
+
+# Row counts at or above this are compiled exactly; below it they are padded to a bucket.
+_EXACT_FROM = 1 << 16
+
+
+def bucket(n: int) -> int:
+    """Smallest of 8, 10, 12, 14, 16, 20, 24, 28, 32, ... (four steps per octave) that holds n."""
+    if n >= _EXACT_FROM:
+        return n
+    size = 8
+    while size < n:
+        size += (1 << (size.bit_length() - 1)) // 4
+    return size
+
+
+def _pad(x: jax.Array | np.ndarray, n: int):
+    if x.shape[0] == n:
+        return x
+    widths = [(0, n - x.shape[0])] + [(0, 0)] * (x.ndim - 1)
+    return jnp.pad(jnp.asarray(x), widths)
+
+
+class Kernel:
+    """A named per-tuple function of ``arity`` values; ``uses[i]`` says whether argument i is read."""
+
+    __slots__ = ("fn", "name", "arity", "uses", "_key")
+
+    def __init__(self, fn: Callable, name: str | None = None, arity: int = 1,
+                 uses: Sequence[bool] | None = None):
+        if not callable(fn):
+            raise KernelError(f"kernel must be a callable JAX function of the tuple value(s), "
+                              f"got {type(fn).__name__}")
+        self.fn = fn
+        self.name = name or kernel_name(fn)
+        self.arity = arity
+        self.uses = tuple(uses) if uses is not None else (True,) * arity
+        self._key = _code_key(fn)
+
+    def __repr__(self) -> str:
+        return f"Kernel({self.name})"
+
+    def output(self, shapes: Sequence[tuple[int, ...]], dtype: str, where: str) -> tuple[tuple[int, ...], str]:
+        """Output (value shape, dtype) for arguments of ``shapes``; errors name ``where``."""
+        args = [jax.ShapeDtypeStruct(s, dtype) for s in shapes]
+        try:
+            out = jax.eval_shape(self.fn, *args)
+        except Exception as exc:  # any tracing failure is the user's kernel's
+            arg_desc = ", ".join(f"{dtype}{list(s)}" for s in shapes)
+            raise KernelError(
+                f"{where}: kernel '{self.name}' failed to trace on one tuple's value(s) "
+                f"({arg_desc}): {type(exc).__name__}: {exc}. Kernels see one tuple at a time and "
+                f"must return one array whose shape does not depend on the data.") from exc
+        if not isinstance(out, jax.ShapeDtypeStruct):
+            raise KernelError(
+                f"{where}: kernel '{self.name}' returned {type(out).__name__}, not one array; a "
+                f"relation holds one tensor per tuple (return one array, or use two operators).")
+        if not jnp.issubdtype(out.dtype, jnp.floating):
+            raise KernelError(
+                f"{where}: kernel '{self.name}' returns {out.dtype} values; relation values must be "
+                f"floating point ({dtype}) to be differentiable. Cast inside the kernel, e.g. "
+                f"`.astype(jnp.{dtype})`.")
+        if str(out.dtype) != dtype:
+            raise KernelError(
+                f"{where}: kernel '{self.name}' turns {dtype} values into {out.dtype}; mixed dtypes "
+                f"are refused. Keep the kernel in {dtype} (e.g. use jnp constants of that dtype).")
+        return tuple(out.shape), dtype
+
+
+def kernel_name(fn: Callable) -> str:
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return "lambda" if name == "<lambda>" else name
+
+
+def _hashable(x):
+    if callable(x) and hasattr(x, "__code__"):
+        return _code_key(x)
+    try:
+        hash(x)
+        return x
+    except TypeError:
+        return ("id", id(x))
+
+
+def _code_key(fn: Callable):
+    """Kernels with the same code and the same captured values share compiled functions."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return _hashable(fn)
+    cells = tuple(_hashable(c.cell_contents) for c in (fn.__closure__ or ()))
+    return (code, cells, _hashable(getattr(fn, "__defaults__", None)), id(getattr(fn, "__globals__", None)))
+
+
+class _LRU(collections.OrderedDict):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_or_make(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key][1]
+        value = make()
+        self[key] = value
+        if len(self) > self.size:
+            self.popitem(last=False)
+        return value[1]
+
+
+_COMPILED = _LRU(512)
+
+
+def _batched(kernel: Kernel, gathered: tuple[bool, ...]):
+    """jit(vmap(fn)) over the used arguments; argument i arrives as (values, rows) when gathered."""
+    key = (kernel._key, kernel.arity, kernel.uses, gathered)
+
+    def make():
+        fn, uses = kernel.fn, kernel.uses
+
+        def run(dummies, *arrays):
+            it = iter(arrays)
+            cols = []
+            for i in range(kernel.arity):
+                if not uses[i]:
+                    continue
+                vals = next(it)
+                if gathered[i]:
+                    vals = vals[next(it)]
+                cols.append(vals)
+            def per_tuple(*used):
+                u = iter(used)
+                return fn(*[next(u) if uses[i] else dummies[i] for i in range(kernel.arity)])
+            return jax.vmap(per_tuple)(*cols)
+
+        return (kernel.fn, jax.jit(run))  # keep fn alive so id()-based keys stay unique
+
+    return _COMPILED.get_or_make(key, make)
+
+
+def apply(kernel: Kernel, args: Sequence[tuple[jax.Array, np.ndarray | None]],
+          shapes: Sequence[tuple[int, ...]], dtype: str) -> jax.Array:
+    """Run ``kernel`` on every tuple. ``args[i]`` is (values, rows): the kernel's i-th argument for
+    output tuple t is ``values[rows[t]]`` (or ``values[t]`` when rows is None)."""
+    n = None
+    for vals, rows in args:
+        n = len(rows) if rows is not None else vals.shape[0]
+        break
+    gathered = tuple(rows is not None for _, rows in args)
+    fn = _batched(kernel, gathered)
+    m = bucket(n)
+    arrays = []
+    for i, (vals, rows) in enumerate(args):
+        if not kernel.uses[i]:
+            continue
+        if rows is None:
+            arrays.append(_pad(vals, m))
+        else:
+            arrays.append(_pad(vals, bucket(vals.shape[0])) if vals.shape[0] else jnp.zeros((1, *vals.shape[1:]), vals.dtype))
+            arrays.append(_pad(jnp.asarray(rows, dtype=jnp.int32 if vals.shape[0] < 2**31 else jnp.int64), m))
+    dummies = tuple(jnp.zeros(s, dtype) for s in shapes)
+    if n == 0:
+        out_shape = jax.eval_shape(kernel.fn, *dummies).shape
+        return jnp.zeros((0, *out_shape), dtype)
+    return fn(dummies, *arrays)[:n]
+
+
+@functools.lru_cache(maxsize=None)
+def _gather_fn():
+    return jax.jit(lambda vals, rows: vals[rows])
+
+
+def gather(values: jax.Array, rows: np.ndarray) -> jax.Array:
+    """values[rows], compiled once per bucket of sizes."""
+    n = len(rows)
+    if n == 0 or values.shape[0] == 0:
+        return jnp.zeros((n, *values.shape[1:]), values.dtype)
+    idx = _pad(jnp.asarray(rows, dtype=jnp.int32 if values.shape[0] < 2**31 else jnp.int64), bucket(n))
+    return _gather_fn()(_pad(values, bucket(values.shape[0])), idx)[:n]
+
+
+@functools.partial(jax.jit, static_argnames=("num_segments",))
+def _segment_sum(values, ids, num_segments):
+    return jax.ops.segment_sum(values, ids, num_segments=num_segments)
+
+
+def segment_sum(values: jax.Array, ids: np.ndarray, num_segments: int) -> jax.Array:
+    """out[g] = sum of values[i] over i with ids[i] == g (padded rows go to a dropped segment)."""
+    n = len(ids)
+    m, s = bucket(n), bucket(num_segments)
+    ids_j = jnp.asarray(ids, dtype=jnp.int32 if s < 2**31 else jnp.int64)
+    if m != n:
+        ids_j = jnp.pad(ids_j, (0, m - n), constant_values=s)  # out of range: dropped
+    return _segment_sum(_pad(values, m), ids_j, num_segments=s)[:num_segments]
+
+
+# ---- kernels the RJP rules build -------------------------------------------------------------
+
+def _ravel_cat(a, b):
+    return jnp.concatenate([jnp.ravel(a), jnp.ravel(b)])
+
+
+def pack_kernel() -> Kernel:
+    """(vl, vr) -> one flat vector: a relation holds one tensor per tuple."""
+    return Kernel(_ravel_cat, name="pack", arity=2)
+
+
+def _unpack(p, lshape, rshape):
+    nl = int(np.prod(lshape, dtype=np.int64))
+    return p[:nl].reshape(lshape), p[nl:].reshape(rshape)
+
+
+def select_vjp_kernel(k: Kernel | None) -> Kernel:
+    """(v, g) -> g · dF/dv at v."""
+    if k is None:
+        return Kernel(_second, name="id", arity=2, uses=(False, True))
+    f = k.fn
+
+    def vjp(v, g):
+        return jax.vjp(f, v)[1](g)[0]
+
+    return Kernel(vjp, name=f"vjp({k.name})", arity=2)
+
+
+def _second(_, g):
+    return g
+
+
+def broadcast_kernel() -> Kernel:
+    """(v, g) -> g: the transpose of a sum is a broadcast."""
+    return Kernel(_second, name="broadcast", arity=2, uses=(False, True))
+
+
+def divide_kernel() -> Kernel:
+    return Kernel(_divide, name="divide", arity=2)
+
+
+def _divide(g, count):
+    return g / count
+
+
+def count_kernel(dtype: str) -> Kernel:
+    return Kernel(functools.partial(_one, dtype=dtype), name="one", arity=1, uses=(False,))
+
+
+def _one(_, dtype):
+    return jnp.ones((), dtype)
+
+
+def join_vjp_kernel(k: Kernel, side: str, lshape, rshape) -> Kernel:
+    """(pack(vl, vr), g) -> g · dF/dv_side at (vl, vr)."""
+    f = k.fn
+    lshape, rshape = tuple(lshape), tuple(rshape)
+
+    def vjp(packed, g):
+        vl, vr = _unpack(packed, lshape, rshape)
+        if side == "left":
+            return jax.vjp(lambda a: f(a, vr), vl)[1](g)[0]
+        return jax.vjp(lambda b: f(vl, b), vr)[1](g)[0]
+
+    vjp.__qualname__ = f"{k.name}_vjp_{side}"
+    return Kernel(vjp, name=f"vjp_{side}({k.name})", arity=2)

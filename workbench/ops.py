@@ -1,0 +1,186 @@
+"""The relational operators: Select, Join and Aggregation over relations (TableScan is a Relation
+built from data). Each builds one immutable plan node and checks it when built, so a bad program
+fails at the operator that is wrong, with a message naming the operator, keys and kernel.
+
+The ``*_node`` builders work on plan nodes; the RJP rules use them to emit backward plans.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import polars as pl
+
+from workbench.errors import PlanError
+from workbench.kernels import Kernel
+from workbench.plan import Add, Aggregate, Join, Node, Schema, Select
+from workbench.relation import Relation
+
+SIDES = ("left", "right")
+
+
+def _as_node(R, op: str, arg: str) -> Node:
+    if isinstance(R, Relation):
+        return R.node
+    raise PlanError(f"{op}: argument '{arg}' must be a workbench Relation, got {type(R).__name__} "
+                    f"(build one with wb.from_tensor, wb.from_matrix or wb.from_frame)")
+
+
+def _as_kernel(kernel, arity: int, op: str) -> Kernel | None:
+    if kernel is None or isinstance(kernel, Kernel):
+        return kernel
+    if not callable(kernel):
+        raise PlanError(f"{op}: kernel must be a JAX-traceable function, got {kernel!r}")
+    return Kernel(kernel, arity=arity)
+
+
+def _check_known(names, known: Sequence[str], op: str, what: str, rel: str) -> None:
+    for k in names:
+        if k not in known:
+            raise PlanError(f"{op}: {what} names key '{k}', which relation '{rel}' does not have; "
+                            f"its keys are {tuple(known)}")
+
+
+def _label(node: Node) -> str:
+    return node.label or getattr(node, "name", None) or node.kind
+
+
+# ---- Select ------------------------------------------------------------------------------------
+
+def select_node(R: Node, pred=None, keys: Sequence[tuple[str, str]] | None = None,
+                kernel: Kernel | None = None, label: str | None = None) -> Select:
+    op = "select"
+    s = R.schema
+    if pred is not None:
+        if not isinstance(pred, pl.Expr):
+            raise PlanError(f"select: pred must be a Polars expression over key columns, such as "
+                            f"pl.col('row') == 0; got {type(pred).__name__}")
+        _check_known(pred.meta.root_names(), s.keys, op, "pred", _label(R))
+    keys = tuple(keys) if keys is not None else tuple((k, k) for k in s.keys)
+    outs = [o for o, _ in keys]
+    if len(set(outs)) != len(outs):
+        raise PlanError(f"select: output key names {outs} repeat; each output key needs its own name")
+    _check_known([i for _, i in keys], s.keys, op, "keys", _label(R))
+    if kernel is None:
+        shape, dtype = s.value_shape, s.dtype
+    else:
+        shape, dtype = kernel.output([s.value_shape], s.dtype, f"select over '{_label(R)}'")
+    extents = tuple(s.extent_of(i) for _, i in keys)
+    return Select(Schema(tuple(outs), extents, shape, dtype), R, pred, keys, kernel, label=label)
+
+
+def select(R: Relation, kernel: Callable | None = None, pred: pl.Expr | None = None,
+           keys: Mapping[str, str] | None = None) -> Relation:
+    """σ: keep tuples whose keys satisfy ``pred``, re-key them with ``keys`` ({out: in}), and map
+    each value with ``kernel``. ``{(proj(k), F(v)) | (k, v) in R, pred(k)}``."""
+    node = _as_node(R, "select", "R")
+    k = None if keys is None else tuple(_pairs(keys, "select", "keys"))
+    return Relation(select_node(node, pred, k, _as_kernel(kernel, 1, "select")))
+
+
+# ---- Join --------------------------------------------------------------------------------------
+
+def _side_key(spec: str, L: Node, R: Node, op: str) -> tuple[str, str]:
+    if not isinstance(spec, str) or "." not in spec or spec.split(".", 1)[0] not in SIDES:
+        raise PlanError(f"{op}: output key source {spec!r} must be 'left.<key>' or 'right.<key>'")
+    side, k = spec.split(".", 1)
+    node = L if side == "left" else R
+    _check_known([k], node.schema.keys, op, f"keys ({spec!r})", _label(node))
+    return side, k
+
+
+def join_node(L: Node, R: Node, on: Sequence[tuple[str, str]] = (),
+              keys: Sequence[tuple[str, str, str]] | None = None, kernel: Kernel | None = None,
+              label: str | None = None) -> Join:
+    op = "join"
+    ls, rs = L.schema, R.schema
+    if ls.dtype != rs.dtype:
+        raise PlanError(f"join of '{_label(L)}' ({ls.dtype}) with '{_label(R)}' ({rs.dtype}): mixed "
+                        f"dtypes; build both relations with one dtype.")
+    on = tuple(on)
+    _check_known([l for l, _ in on], ls.keys, op, "on", _label(L))
+    _check_known([r for _, r in on], rs.keys, op, "on", _label(R))
+    if keys is None:  # left keys, then right keys not joined on
+        joined = {r for _, r in on}
+        keys = tuple(("" + k, "left", k) for k in ls.keys)
+        for k in rs.keys:
+            if k in joined:
+                continue
+            if k in ls.keys:
+                raise PlanError(f"join of '{_label(L)}' and '{_label(R)}': both have a key '{k}'; "
+                                f"name the output keys with keys={{'out': 'left.{k}', ...}}")
+            keys += ((k, "right", k),)
+    keys = tuple(keys)
+    outs = [o for o, _, _ in keys]
+    if len(set(outs)) != len(outs):
+        raise PlanError(f"join: output key names {outs} repeat; each output key needs its own name")
+    if kernel is None:
+        raise PlanError(f"join of '{_label(L)}' and '{_label(R)}': a kernel f(left_value, "
+                        f"right_value) is required")
+    where = f"join of '{_label(L)}' and '{_label(R)}'"
+    shape, dtype = kernel.output([ls.value_shape, rs.value_shape], ls.dtype, where)
+    extents = tuple((ls if side == "left" else rs).extent_of(k) for _, side, k in keys)
+    schema = Schema(tuple(outs), extents, shape, dtype)
+    return Join(schema, L, R, on, keys, kernel, label=label)
+
+
+def join(L: Relation, R: Relation, on: Mapping[str, str] | None = None,
+         keys: Mapping[str, str] | None = None, kernel: Callable | None = None) -> Relation:
+    """⋈: equi-join ``L`` and ``R`` on ``on`` ({left key: right key}; ``{}`` is a cross join), key
+    the output with ``keys`` ({out: 'left.k' | 'right.k'}), and combine values with
+    ``kernel(left_value, right_value)``."""
+    ln, rn = _as_node(L, "join", "L"), _as_node(R, "join", "R")
+    on_pairs = tuple(_pairs(on or {}, "join", "on"))
+    key_triples = None
+    if keys is not None:
+        key_triples = tuple((o, *_side_key(src, ln, rn, "join")) for o, src in _pairs(keys, "join", "keys"))
+    return Relation(join_node(ln, rn, on_pairs, key_triples, _as_kernel(kernel, 2, "join")))
+
+
+# ---- Aggregation ------------------------------------------------------------------------------
+
+AGGREGATES = ("sum", "mean")
+
+
+def aggregate_node(R: Node, by: Sequence[str] = (), kernel: str = "sum",
+                   label: str | None = None) -> Aggregate:
+    by = tuple(by)
+    if kernel not in AGGREGATES:
+        raise PlanError(f"aggregate over '{_label(R)}': kernel must be one of {AGGREGATES}, got "
+                        f"{kernel!r}")
+    _check_known(by, R.schema.keys, "aggregate", "by", _label(R))
+    if len(set(by)) != len(by):
+        raise PlanError(f"aggregate over '{_label(R)}': by={by} repeats a key")
+    s = R.schema
+    schema = Schema(by, tuple(s.extent_of(k) for k in by), s.value_shape, s.dtype)
+    return Aggregate(schema, R, by, kernel, label=label)
+
+
+def aggregate(R: Relation, by: Sequence[str] = (), kernel: str = "sum") -> Relation:
+    """Σ: group by ``by`` (a subset of the keys, in output order) and sum or average the values."""
+    if isinstance(by, str):
+        by = (by,)
+    return Relation(aggregate_node(_as_node(R, "aggregate", "R"), by, kernel))
+
+
+# ---- Add (backward plans) ----------------------------------------------------------------------
+
+def add_node(terms: Sequence[Node], label: str | None = None) -> Node:
+    """Union of same-schema relations, summing tuples that share a key."""
+    terms = tuple(terms)
+    if len(terms) == 1:
+        return terms[0]
+    first = terms[0].schema
+    for t in terms[1:]:
+        if (t.schema.keys, t.schema.value_shape, t.schema.dtype) != (first.keys, first.value_shape, first.dtype):
+            raise PlanError(f"add: terms have different schemas {first.describe()} and "
+                            f"{t.schema.describe()}")
+    return Add(first, terms, label=label)
+
+
+def _pairs(mapping, op: str, arg: str):
+    if isinstance(mapping, Mapping):
+        return list(mapping.items())
+    try:
+        return [tuple(p) for p in mapping]
+    except TypeError:
+        raise PlanError(f"{op}: {arg} must be a dict, got {type(mapping).__name__}") from None

@@ -1,0 +1,285 @@
+"""Relations: integer keys -> one tensor value each, and their constructors and exports.
+
+A ``Relation`` is a handle on a plan node. Relations built from data are TableScans; the
+operators return relations whose node is a new Select, Join or Aggregate over their inputs.
+Reading a relation (``to_frame``, ``to_tensor``, ``frame``) runs its plan once and keeps the
+result.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import polars as pl
+
+from workbench.errors import RelationError
+from workbench.plan import Node, Scan, Schema
+from workbench.table import Table, make_table
+
+VALUE = "value"
+
+
+def default_dtype() -> str:
+    """float64 when JAX's x64 mode is on, else float32."""
+    return "float64" if jax.config.read("jax_enable_x64") else "float32"
+
+
+def resolve_dtype(given, source_dtype, what: str) -> str:
+    """The float dtype a relation built from ``what`` gets. Never downcasts silently."""
+    if given is not None:
+        dtype = np.dtype(given)
+        if dtype not in (np.float32, np.float64):
+            raise RelationError(f"{what}: dtype must be float32 or float64, got {dtype}")
+    elif np.issubdtype(source_dtype, np.floating) and np.dtype(source_dtype).itemsize >= 4:
+        dtype = np.dtype(source_dtype)
+    else:  # integers, booleans and float16 become the default float
+        dtype = np.dtype(default_dtype())
+    if dtype == np.float64 and not jax.config.read("jax_enable_x64"):
+        raise RelationError(
+            f"{what}: float64 values need JAX's x64 mode, which is off. Either turn it on with "
+            f"`jax.config.update('jax_enable_x64', True)` before building relations, or pass "
+            f"dtype='float32' to convert explicitly.")
+    return str(dtype)
+
+
+class Relation:
+    """A relation ``R(k1, ..., kn) -> value``: unique int64 keys, one tensor value per tuple."""
+
+    __slots__ = ("node", "_table")
+
+    def __init__(self, node: Node):
+        self.node = node
+        self._table: Table | None = None
+
+    # ---- schema -------------------------------------------------------------------------
+    @property
+    def schema(self) -> Schema:
+        return self.node.schema
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return self.node.schema.keys
+
+    @property
+    def extents(self) -> tuple[int, ...]:
+        return self.node.schema.extents
+
+    @property
+    def value_shape(self) -> tuple[int, ...]:
+        return self.node.schema.value_shape
+
+    @property
+    def dtype(self) -> str:
+        return self.node.schema.dtype
+
+    @property
+    def name(self) -> str:
+        return self.node.label or getattr(self.node, "name", None) or self.node.kind
+
+    # ---- data ---------------------------------------------------------------------------
+    def table(self) -> Table:
+        """Run the relation's plan on the local executor (once) and return its table."""
+        if self._table is None:
+            if isinstance(self.node, Scan):
+                self._table = self.node.table
+            else:
+                from workbench.execute.local import execute
+
+                self._table = execute([self.node])[0]
+        return self._table
+
+    @property
+    def frame(self) -> pl.LazyFrame:
+        """A Polars LazyFrame: int64 key columns and a value column (scalar or Array)."""
+        return self.to_frame().lazy()
+
+    def to_frame(self) -> pl.DataFrame:
+        """Key columns and a ``value`` column; row order is unspecified."""
+        return self.table().to_frame(VALUE)
+
+    def to_tensor(self, shape: Sequence[int] | None = None) -> np.ndarray:
+        """Dense array of shape ``extents + value_shape`` (or ``shape + value_shape``), zeros for
+        absent tuples."""
+        extents = tuple(int(s) for s in shape) if shape is not None else self.extents
+        if len(extents) != len(self.keys):
+            raise RelationError(
+                f"to_tensor of relation '{self.name}' with keys {self.keys}: shape {tuple(shape)} "
+                f"must give one extent per key ({len(self.keys)}).")
+        t = self.table()
+        out = np.zeros(extents + self.value_shape, dtype=self.dtype)
+        if not self.keys:
+            if t.height:
+                out[...] = np.asarray(t.values[0])
+            return out
+        idx = tuple(t.keys[k].to_numpy() for k in self.keys)
+        for k, ix, ext in zip(self.keys, idx, extents):
+            if len(ix) and (ix.min() < 0 or ix.max() >= ext):
+                raise RelationError(
+                    f"to_tensor of relation '{self.name}': key '{k}' takes values up to {ix.max()}, "
+                    f"outside the extent {ext}; pass a larger shape.")
+        out[idx] = np.asarray(t.values)
+        return out
+
+    def __len__(self) -> int:
+        return self.table().height
+
+    def __repr__(self) -> str:
+        return f"Relation {self.name}{self.schema.describe()}"
+
+
+# ---- constructors -------------------------------------------------------------------------
+
+def _scan(keys: pl.DataFrame, values: np.ndarray, names: tuple[str, ...], extents: tuple[int, ...],
+          dtype: str, name: str) -> Relation:
+    schema = Schema(names, extents, tuple(values.shape[1:]), dtype)
+    table = make_table(keys, jnp.asarray(values, dtype=dtype))
+    return Relation(Scan(schema, table, name=name))
+
+
+def from_tensor(x, keys: Sequence[str] = (), dtype=None, name: str = "R") -> Relation:
+    """The leading ``len(keys)`` axes of ``x`` become keys ``0..n-1``, the rest is the value.
+
+    >>> from_tensor(np.ones((5, 3)), keys=("i",))   # 5 tuples of 3-vectors
+    """
+    keys = _key_names(keys, "from_tensor")
+    x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise RelationError(f"from_tensor '{name}': values must be numeric, got {x.dtype}")
+    if x.ndim < len(keys):
+        raise RelationError(f"from_tensor '{name}': {len(keys)} keys {keys} need at least "
+                            f"{len(keys)} axes, the array has shape {x.shape}")
+    dtype = resolve_dtype(dtype, x.dtype, f"from_tensor '{name}'")
+    extents = tuple(int(s) for s in x.shape[: len(keys)])
+    grid = np.indices(extents, dtype=np.int64).reshape(len(keys), -1) if keys else np.zeros((0, 1), np.int64)
+    frame = pl.DataFrame({k: grid[i] for i, k in enumerate(keys)}) if keys else pl.DataFrame()
+    values = x.reshape((-1,) + x.shape[len(keys):]) if keys else x[None]
+    return _scan(frame, values, keys, extents, dtype, name)
+
+
+def from_matrix(x, block: Sequence[int], dtype=None, name: str = "A") -> Relation:
+    """A matrix stored as blocks ``A(row, col) -> br x bc block``."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise RelationError(f"from_matrix '{name}': expects a 2-D matrix, got shape {x.shape}")
+    if len(block) != 2 or min(block) < 1:
+        raise RelationError(f"from_matrix '{name}': block must be (rows, cols) >= 1, got {block}")
+    br, bc = int(block[0]), int(block[1])
+    if x.shape[0] % br or x.shape[1] % bc:
+        raise RelationError(
+            f"from_matrix '{name}': block shape {(br, bc)} does not divide the matrix shape "
+            f"{x.shape}; choose a block whose sides divide {x.shape[0]} and {x.shape[1]}, or pad.")
+    nr, nc = x.shape[0] // br, x.shape[1] // bc
+    blocks = x.reshape(nr, br, nc, bc).transpose(0, 2, 1, 3)
+    return from_tensor(blocks, keys=("row", "col"), dtype=dtype, name=name)
+
+
+def to_matrix(R: Relation) -> np.ndarray:
+    """Reassemble a blocked matrix from a relation keyed by ``row`` and ``col``."""
+    if set(R.keys) != {"row", "col"}:
+        raise RelationError(f"to_matrix: relation '{R.name}' has keys {R.keys}; it needs exactly "
+                            f"'row' and 'col' (rename them with wb.select(R, keys=...)).")
+    shape = R.value_shape if len(R.value_shape) == 2 else (1, 1) if R.value_shape == () else None
+    if shape is None:
+        raise RelationError(f"to_matrix: relation '{R.name}' holds values of shape "
+                            f"{R.value_shape}; blocks must be matrices or scalars.")
+    dense = R.to_tensor()
+    if R.keys == ("col", "row"):
+        dense = np.swapaxes(dense, 0, 1)
+    nr, nc = dense.shape[:2]
+    dense = dense.reshape(nr, nc, *shape)
+    return dense.transpose(0, 2, 1, 3).reshape(nr * shape[0], nc * shape[1])
+
+
+def from_frame(df, keys: Sequence[str], value: str, extents: Sequence[int] | None = None,
+               dtype=None, name: str | None = None) -> Relation:
+    """A relation from a Polars DataFrame or LazyFrame with integer key columns and a value column
+    holding scalars or fixed-size arrays. Extents default to max(key) + 1."""
+    name = name or value
+    keys = _key_names(keys, f"from_frame '{name}'")
+    if isinstance(df, pl.LazyFrame):
+        df = df.collect()
+    if not isinstance(df, pl.DataFrame):
+        raise RelationError(f"from_frame '{name}': expects a Polars DataFrame or LazyFrame, got "
+                            f"{type(df).__name__}")
+    for col in (*keys, value):
+        if col not in df.columns:
+            raise RelationError(f"from_frame '{name}': column '{col}' is not in the frame; its "
+                                f"columns are {df.columns}")
+    if value in keys:
+        raise RelationError(f"from_frame '{name}': column '{value}' cannot be both key and value")
+    key_cols = {}
+    for k in keys:
+        col = df[k]
+        if not col.dtype.is_integer():
+            raise RelationError(f"from_frame '{name}': key column '{k}' has dtype {col.dtype}; keys "
+                                f"must be integers (cast with pl.col('{k}').cast(pl.Int64)).")
+        if col.null_count():
+            raise RelationError(f"from_frame '{name}': key column '{k}' has {col.null_count()} nulls")
+        if len(col) and col.min() < 0:
+            raise RelationError(f"from_frame '{name}': key column '{k}' has negative keys "
+                                f"(min {col.min()}); keys index a key space 0..extent-1.")
+        key_cols[k] = col.cast(pl.Int64)
+    frame = pl.DataFrame(key_cols) if keys else pl.DataFrame()
+    values = _value_array(df[value], name)
+    if not keys and len(values) != 1:
+        raise RelationError(f"from_frame '{name}': a relation without keys holds exactly one tuple, "
+                            f"the frame has {len(values)} rows")
+    if keys and frame.is_duplicated().any():
+        dup = frame.filter(frame.is_duplicated()).row(0)
+        raise RelationError(f"relation '{name}': duplicate keys {keys} = {dup} (and maybe more); "
+                            f"keys must be unique. Combine duplicates first, e.g. "
+                            f"wb.aggregate(..., by={keys}) or df.group_by({list(keys)}).")
+    if extents is None:
+        ext = tuple(int(frame[k].max()) + 1 if frame.height else 0 for k in keys)
+    else:
+        ext = tuple(int(e) for e in extents)
+        if len(ext) != len(keys):
+            raise RelationError(f"from_frame '{name}': extents {ext} must give one per key {keys}")
+        for k, e in zip(keys, ext):
+            if frame.height and frame[k].max() >= e:
+                raise RelationError(f"from_frame '{name}': key '{k}' reaches {frame[k].max()}, "
+                                    f"outside the given extent {e}")
+    dtype = resolve_dtype(dtype, values.dtype, f"from_frame '{name}'")
+    return _scan(frame, values, keys, ext, dtype, name)
+
+
+def _value_array(col: pl.Series, name: str) -> np.ndarray:
+    """The value column as an (n, *value_shape) numeric numpy array, or a clear error."""
+    dt = col.dtype
+    if col.null_count():
+        raise RelationError(f"from_frame '{name}': value column '{col.name}' has "
+                            f"{col.null_count()} nulls")
+    if isinstance(dt, pl.List):
+        lengths = col.list.len()
+        if lengths.n_unique() > 1:
+            raise RelationError(f"from_frame '{name}': value column '{col.name}' is ragged (lists "
+                                f"of lengths {lengths.min()}..{lengths.max()}); every value must "
+                                f"have one shape.")
+        width = int(lengths[0]) if len(col) else 0
+        col = col.cast(pl.Array(dt.inner, width))
+        dt = col.dtype
+    inner = dt
+    while isinstance(inner, pl.Array):
+        inner = inner.inner
+    if not (inner.is_numeric() or inner == pl.Boolean):
+        raise RelationError(f"from_frame '{name}': value column '{col.name}' holds {dt}; values "
+                            f"must be numbers or fixed-size arrays of numbers.")
+    arr = col.to_numpy()
+    if arr.dtype == object:
+        raise RelationError(f"from_frame '{name}': value column '{col.name}' could not be read as "
+                            f"a numeric array (dtype {dt}); check for nested nulls.")
+    return arr
+
+
+def _key_names(keys, where: str) -> tuple[str, ...]:
+    if isinstance(keys, str):
+        keys = (keys,)
+    keys = tuple(keys)
+    for k in keys:
+        if not isinstance(k, str) or not k:
+            raise RelationError(f"{where}: key names must be non-empty strings, got {k!r}")
+    if len(set(keys)) != len(keys):
+        raise RelationError(f"{where}: key names {keys} repeat")
+    return keys

@@ -10,3 +10,6 @@ __all__ = [
     "RelationError", "PlanError", "KernelError",
 ]
 __version__ = "0.1.0"
+from workbench.rjp import RJP_RULES, backward, grad, plans, value_and_grad, vjp  # noqa: E402
+
+__all__ += ["vjp", "grad", "value_and_grad", "plans", "backward", "RJP_RULES"]

@@ -176,6 +176,9 @@ def apply(kernel: Kernel, args: Sequence[tuple[jax.Array, np.ndarray | None]],
             arrays.append(_pad(vals, bucket(vals.shape[0])) if vals.shape[0] else jnp.zeros((1, *vals.shape[1:]), vals.dtype))
             arrays.append(_pad(jnp.asarray(rows, dtype=jnp.int32 if vals.shape[0] < 2**31 else jnp.int64), m))
     dummies = tuple(jnp.zeros(s, dtype) for s in shapes)
+    if not any(kernel.uses):  # a constant kernel: one evaluation, broadcast
+        one = jnp.asarray(kernel.fn(*dummies))
+        return jnp.broadcast_to(one, (n, *one.shape))
     if n == 0:
         out_shape = jax.eval_shape(kernel.fn, *dummies).shape
         return jnp.zeros((0, *out_shape), dtype)

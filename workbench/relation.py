@@ -85,9 +85,9 @@ class Relation:
             if isinstance(self.node, Scan):
                 self._table = self.node.table
             else:
-                from workbench.execute.local import execute
+                from workbench.execute import run
 
-                self._table = execute([self.node])[0]
+                self._table = run([self.node])[0]
         return self._table
 
     @property

@@ -16,7 +16,7 @@ import numpy as np
 
 from workbench import kernels as K
 from workbench.errors import PlanError
-from workbench.execute.local import Context, execute
+from workbench.execute import Context, run as run_plan
 from workbench.ops import add_node, aggregate_node, join_node, select_node
 from workbench.plan import Add, Aggregate, Join, Node, Plan, Scan, Schema, Select, emitting_for, toposort
 from workbench.relation import Relation
@@ -221,7 +221,7 @@ def _argnums(argnums, n: int, what: str) -> tuple[int, ...]:
 def _grad_relations(out: Relation, seed: Node, leaves: list[Relation], nums, ctx: Context):
     nodes = backward(out.node, seed, [leaves[i].node for i in nums])
     nodes = [n if n is not None else _zero_gradient(leaves[i].node) for n, i in zip(nodes, nums)]
-    tables = execute(nodes, ctx)
+    tables = run_plan(nodes, ctx)
     grads = []
     for node, table, i in zip(nodes, tables, nums):
         g = Relation(node)
@@ -234,7 +234,7 @@ def vjp(f: Callable, *rels: Relation):
     """``(out, pullback)``: ``pullback(G_out)`` returns one gradient relation per argument."""
     leaves, out = _trace(f, rels, "vjp")
     ctx = Context()
-    out._table = execute([out.node], ctx)[0]
+    out._table = run_plan([out.node], ctx)[0]
 
     def pullback(cotangent: Relation):
         if not isinstance(cotangent, Relation):
@@ -260,7 +260,7 @@ def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0):
         leaves, out = _trace(f, rels, "value_and_grad")
         _check_scalar(out, "grad")
         ctx = Context()
-        out._table = execute([out.node], ctx)[0]
+        out._table = run_plan([out.node], ctx)[0]
         grads = _grad_relations(out, _seed(out.node), leaves, nums, ctx)
         return out, (grads[0] if isinstance(argnums, int) else tuple(grads))
     return run

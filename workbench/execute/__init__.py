@@ -1,1 +1,29 @@
-"""Executors run plans. ``local`` runs on one process: Polars for keys, JAX for values."""
+"""Executors run plans. ``run`` rewrites a plan (``workbench.passes``) and runs it on the local
+executor (Polars for keys, JAX for values); results and statistics are filed under the logical
+nodes too, so a later plan that reads a logical node (a backward plan reading a forward
+intermediate) finds it computed."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from workbench.execute.local import Context, execute
+from workbench.plan import Node
+
+
+def run(outputs: Sequence[Node], ctx: Context | None = None, optimize: bool = True):
+    from workbench import passes
+
+    ctx = ctx if ctx is not None else Context()
+    if not optimize:
+        return execute(list(outputs), ctx)
+    physical, mapping = passes.optimize(outputs)
+    tables = execute(physical, ctx)
+    for logical, node in mapping.items():
+        if node in ctx.memo:
+            ctx.memo.setdefault(logical, ctx.memo[node])
+        if ctx.stats is not None and node in ctx.stats:
+            ctx.stats.setdefault(logical, ctx.stats[node])
+    return tables
+
+
+__all__ = ["Context", "execute", "run"]

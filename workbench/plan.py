@@ -205,13 +205,18 @@ def toposort(outputs: tuple[Node, ...] | list[Node]) -> list[Node]:
 class Plan:
     """A DAG of nodes with named outputs: a forward program or the backward plan derived from it.
 
-    ``to_text`` and ``to_dot`` show the logical plan as built, before any rewrite.
+    ``to_text`` and ``to_dot`` show the logical plan as built, before any rewrite. A backward
+    plan knows its ``forward`` plan, whose results it reads. After ``wb.plans(..., analyze=True)``
+    ``stats`` maps each node to its row count, wall time and output size, and ``tables`` to its
+    result.
     """
 
     outputs: tuple[Node, ...]
     names: tuple[str, ...]
     direction: str = "forward"  # "forward" | "backward"
-    stats: Any = field(default=None, compare=False)  # per-node run statistics, once executed
+    forward: "Plan | None" = field(default=None, compare=False, repr=False)
+    stats: Any = field(default=None, compare=False)  # Node -> NodeStats, once executed
+    tables: Any = field(default=None, compare=False, repr=False)  # Node -> Table, once executed
 
     def nodes(self) -> list[Node]:
         return toposort(self.outputs)
@@ -233,6 +238,35 @@ class Plan:
 
     def __repr__(self) -> str:
         return self.to_text()
+
+
+class Plans(tuple):
+    """``(forward, backward)`` as ``wb.plans`` returns them, plus the combined view: the forward
+    plan, the backward plan beside it, and dashed links where the backward reads the forward."""
+
+    def __new__(cls, forward: Plan, backward: Plan):
+        return super().__new__(cls, (forward, backward))
+
+    @property
+    def forward(self) -> Plan:
+        return self[0]
+
+    @property
+    def backward(self) -> Plan:
+        return self[1]
+
+    def to_text(self, analyze: bool = False) -> str:
+        return self[0].to_text(analyze) + "\n\n" + self[1].to_text(analyze)
+
+    def to_dot(self, analyze: bool = False) -> str:
+        from workbench import viz
+
+        return viz.combined_to_dot(self[0], self[1], analyze=analyze)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        from workbench import viz
+
+        return viz.mimebundle(self)
 
 
 def value_size(schema: Schema) -> int:

@@ -147,6 +147,9 @@ def from_tensor(x, keys: Sequence[str] = (), dtype=None, name: str = "R") -> Rel
     x = np.asarray(x)
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise RelationError(f"from_tensor '{name}': values must be numeric, got {x.dtype}")
+    if np.issubdtype(x.dtype, np.complexfloating):
+        raise RelationError(f"from_tensor '{name}': values are complex ({x.dtype}); relation values "
+                            f"are real floats. Pass x.real and x.imag as two relations.")
     if x.ndim < len(keys):
         raise RelationError(f"from_tensor '{name}': {len(keys)} keys {keys} need at least "
                             f"{len(keys)} axes, the array has shape {x.shape}")
@@ -163,8 +166,9 @@ def from_matrix(x, block: Sequence[int], dtype=None, name: str = "A") -> Relatio
     x = np.asarray(x)
     if x.ndim != 2:
         raise RelationError(f"from_matrix '{name}': expects a 2-D matrix, got shape {x.shape}")
-    if len(block) != 2 or min(block) < 1:
-        raise RelationError(f"from_matrix '{name}': block must be (rows, cols) >= 1, got {block}")
+    if len(block) != 2 or min(block) < 1 or any(int(b) != b for b in block):
+        raise RelationError(f"from_matrix '{name}': block must be two positive integers "
+                            f"(rows, cols), got {block}")
     br, bc = int(block[0]), int(block[1])
     if x.shape[0] % br or x.shape[1] % bc:
         raise RelationError(
@@ -266,6 +270,13 @@ def _value_array(col: pl.Series, name: str) -> np.ndarray:
     if not (inner.is_numeric() or inner == pl.Boolean):
         raise RelationError(f"from_frame '{name}': value column '{col.name}' holds {dt}; values "
                             f"must be numbers or fixed-size arrays of numbers.")
+    flat = col
+    while isinstance(flat.dtype, pl.Array):
+        flat = flat.explode()
+    if flat.null_count():
+        raise RelationError(f"from_frame '{name}': value column '{col.name}' has "
+                            f"{flat.null_count()} null entries inside its arrays; fill them first "
+                            f"(e.g. pl.col('{col.name}').list.eval(pl.element().fill_null(0.0))).")
     arr = col.to_numpy()
     if arr.dtype == object:
         raise RelationError(f"from_frame '{name}': value column '{col.name}' could not be read as "

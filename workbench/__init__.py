@@ -13,6 +13,6 @@ __version__ = "0.1.0"
 from workbench.rjp import RJP_RULES, backward, grad, plans, value_and_grad, vjp  # noqa: E402
 
 __all__ += ["vjp", "grad", "value_and_grad", "plans", "backward", "RJP_RULES"]
-from workbench.viz import render  # noqa: E402
+from workbench.viz import explore, render  # noqa: E402
 
-__all__ += ["render"]
+__all__ += ["render", "explore"]

@@ -149,7 +149,7 @@ class Join(Node):
 
     def params(self) -> dict[str, Any]:
         on = ", ".join(f"{l}={r}" for l, r in self.on) or "(cross)"
-        keys = ", ".join(f"{o}<-{s}.{k}" for o, s, k in self.keys)
+        keys = ", ".join(f"{o}<-{s[0].upper()}.{k}" for o, s, k in self.keys)  # L.k / R.k
         return {"on": on, "keys": keys, "kernel": self.kernel.name}
 
 

@@ -184,13 +184,15 @@ def _short(s: str, width: int = 48) -> str:
 
 def _node_attrs(node: Node, backward: bool, reference: bool = False) -> str:
     shape, ffill, bfill = STYLE.get(node.kind, ("box", "#ffffff", "#ffffff"))
+    attrs = f"shape={shape}"
+    if shape == "hexagon":  # hexagons pad their labels widely by default
+        attrs += ', margin="0.02,0.02"'
     if reference:
-        return f'shape={shape}, style="filled,dashed", fillcolor="#f5f5f5", color="#999999", fontcolor="#555555"'
+        return attrs + ', style="filled,dashed", fillcolor="#f5f5f5", color="#999999", fontcolor="#555555"'
     style = "filled,rounded" if shape == "box" else "filled"
     if backward:
-        return (f'shape={shape}, style="{style}", fillcolor="{bfill}", color="{BACKWARD_BORDER}", '
-                f'penwidth=1.6')
-    return f'shape={shape}, style="{style}", fillcolor="{ffill}", color="{FORWARD_BORDER}"'
+        return attrs + f', style="{style}", fillcolor="{bfill}", color="{BACKWARD_BORDER}", penwidth=1.6'
+    return attrs + f', style="{style}", fillcolor="{ffill}", color="{FORWARD_BORDER}"'
 
 
 _HEADER = ('  graph [fontname="Helvetica", fontsize=11, nodesep=0.35, ranksep=0.45, rankdir=TB];\n'
@@ -281,9 +283,10 @@ def combined_to_dot(forward: Plan, backward: Plan, analyze: bool = False,
         for i, inp in enumerate(n.inputs):
             if inp not in shown:
                 continue
-            attrs = [f"label={_q(' ' + edge_text(inp) + ' ')}"]
             if not inp.is_backward:  # the backward plan reads a forward result
-                attrs.append('style=dashed, color="#7f8c8d", fontcolor="#7f8c8d", constraint=false')
+                attrs = ['style=dashed, color="#95a5a6", arrowhead=vee, constraint=false']
+            else:
+                attrs = [f"label={_q(' ' + edge_text(inp) + ' ')}"]
             lines.append(f"  {num[inp]} -> {num[n]} [{', '.join(attrs)}];")
     if upto is None or len(visible) == len(rule_order(forward, backward)):
         for i, (name, node) in enumerate(zip(backward.names, backward.outputs)):
@@ -292,6 +295,7 @@ def combined_to_dot(forward: Plan, backward: Plan, analyze: bool = False,
                              f'fontname="Helvetica-Bold", fontcolor="{BACKWARD_BORDER}"];')
                 lines.append(f"  {num[node]} -> bout{i} [label={_q(' ' + edge_text(node) + ' ')}];")
     lines.append(_legend())
+    lines.append("  fout0 -> legend [style=invis];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -343,3 +347,112 @@ def mimebundle(plan) -> dict:
     if shutil.which("dot") is not None:
         bundle["image/svg+xml"] = render(plan, format="svg").decode()
     return bundle
+
+
+# ---- kernels and the interactive explorer ---------------------------------------------------
+
+def kernel_jaxprs(node: Node) -> tuple[str, str] | None:
+    """The jaxpr of a node's per-tuple kernel and of its VJP (cotangent in, one cotangent per
+    argument out), or None for nodes without a kernel."""
+    import jax
+
+    kernel = getattr(node, "kernel", None)
+    if kernel is None or isinstance(kernel, str):
+        return None
+    args = [jax.ShapeDtypeStruct(i.schema.value_shape, i.schema.dtype) for i in node.inputs]
+    ct = jax.ShapeDtypeStruct(node.schema.value_shape, node.schema.dtype)
+    forward = jax.make_jaxpr(kernel.fn)(*args)
+    vjp = jax.make_jaxpr(lambda *a: jax.vjp(kernel.fn, *a[:-1])[1](a[-1]))(*args, ct)
+    return str(forward), str(vjp)
+
+
+def node_details(plan: Plan, node: Node, num: Numbering | None = None, sample: int = 5) -> str:
+    """HTML: a node's operator, schema, parameters, run statistics, sample tuples and kernel."""
+    num = num or Numbering.of(plan)
+    rows = [f"<h4>{num[node]} {html.escape(describe(node))}</h4>",
+            f"<p><b>schema</b> {html.escape(schema_text(node))}</p>"]
+    if node.is_backward and node.origin in num.ids:
+        rows.append(f"<p>emitted by the RJP rule of <b>{num[node.origin]} {node.origin.kind}</b></p>")
+    st = stats_text(plan, node)
+    if st:
+        rows.append(f"<p><b>run</b> {html.escape(st)}</p>")
+    if plan.tables is not None and node in plan.tables:
+        frame = plan.tables[node].to_frame().head(sample)
+        rows.append(f"<p><b>first {frame.height} tuples</b></p><pre>{html.escape(str(frame))}</pre>")
+    jaxprs = kernel_jaxprs(node)
+    if jaxprs is not None:
+        rows.append(f"<p><b>kernel</b> {html.escape(node.kernel.name)}</p><pre>{html.escape(jaxprs[0])}</pre>")
+        rows.append(f"<p><b>its VJP</b></p><pre>{html.escape(jaxprs[1])}</pre>")
+    return "\n".join(rows)
+
+
+class Explorer:
+    """Step through a backward derivation one forward operator at a time (the order the backward
+    loop visits them), and inspect any node: schema, sample tuples, kernel and kernel VJP."""
+
+    def __init__(self, plans_):
+        import ipywidgets as widgets
+
+        self.forward, self.backward = plans_
+        self.order = rule_order(self.forward, self.backward)
+        self.num = Numbering.of(self.backward)
+        self.step = widgets.IntSlider(value=len(self.order), min=0, max=len(self.order),
+                                      description="RJP step", continuous_update=False)
+        self.caption = widgets.HTML()
+        self.graph = widgets.HTML()
+        nodes = toposort(list(self.forward.outputs)) + [
+            n for n in toposort(list(self.backward.outputs)) if n.is_backward]
+        self.nodes = {self.num[n]: n for n in nodes}
+        self.choose = widgets.Dropdown(options=[(f"{k} {n.kind} {_name(n)}".strip(), k)
+                                                for k, n in self.nodes.items()],
+                                       description="node")
+        self.detail = widgets.HTML()
+        self.step.observe(lambda change: self.show_step(change["new"]), names="value")
+        self.choose.observe(lambda change: self.show_node(change["new"]), names="value")
+        self.widget = widgets.VBox([self.step, self.caption, self.graph, self.choose, self.detail])
+        self.show_step(self.step.value)
+        self.show_node(self.choose.value)
+
+    def show_step(self, k: int) -> None:
+        current = self.order[k - 1] if k else None
+        if current is None:
+            self.caption.value = "<p>Step 0: the forward plan; no RJP rule has run yet.</p>"
+        else:
+            emitted = [self.num[n] for n in toposort(list(self.backward.outputs))
+                       if n.is_backward and n.origin is current]
+            self.caption.value = (f"<p>Step {k} of {len(self.order)}: the RJP rule of "
+                                  f"<b>{self.num[current]} {current.kind}</b> emitted "
+                                  f"{', '.join(emitted)}.</p>")
+        dot = combined_to_dot(self.forward, self.backward, analyze=self.backward.stats is not None,
+                              upto=k, highlight=current)
+        if shutil.which("dot") is not None:
+            self.graph.value = render(_Source(dot), format="svg").decode()
+        else:
+            self.graph.value = f"<pre>{html.escape(dot)}</pre>"
+        if current is not None:
+            self.choose.value = self.num[current]
+
+    def show_node(self, key: str) -> None:
+        node = self.nodes[key]
+        plan = self.backward if node.is_backward else self.forward
+        self.detail.value = node_details(plan, node, self.num)
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """DOT source that ``render`` accepts."""
+
+    dot: str
+
+    def to_dot(self, analyze: bool = False) -> str:
+        return self.dot
+
+
+def explore(f, *rels, argnums=0) -> Explorer:
+    """An ipywidgets explorer of ``f``'s forward and backward plans, run once for statistics."""
+    from workbench.rjp import plans
+
+    return Explorer(plans(f, *rels, argnums=argnums, analyze=True))

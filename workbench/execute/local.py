@@ -79,8 +79,18 @@ def _select(node: Select, inputs, ctx) -> Table:
     (t,) = inputs
     keys, rows = t.keys, None
     if node.pred is not None:
-        kept = keys.with_row_index("_i").filter(node.pred)
-        rows = kept["_i"].to_numpy()
+        idx = "_i" + "_" * max((len(c) for c in keys.columns), default=0)  # a name no key has
+        # a keyless relation's key frame has no rows: number its tuples explicitly
+        base = keys.with_row_index(idx) if keys.width else pl.DataFrame(
+            {idx: np.arange(t.height, dtype=np.uint32)})
+        try:
+            kept = base.filter(node.pred)
+        except pl.exceptions.PolarsError as exc:
+            raise PlanError(
+                f"select over '{_name(node.input)}': pred {node.pred} failed on the key columns "
+                f"{keys.columns}: {exc}. pred must be one boolean Polars expression over key "
+                f"columns, e.g. pl.col('row') == 0.") from exc
+        rows = kept[idx].to_numpy()
         keys = kept
     out = keys.select([pl.col(i).alias(o) for o, i in node.keys]) if node.keys else pl.DataFrame()
     n = t.height if rows is None else len(rows)

@@ -157,9 +157,15 @@ def aggregate_node(R: Node, by: Sequence[str] = (), kernel: str = "sum",
 
 def aggregate(R: Relation, by: Sequence[str] = (), kernel: str = "sum") -> Relation:
     """Σ: group by ``by`` (a subset of the keys, in output order) and sum or average the values."""
+    node = _as_node(R, "aggregate", "R")
     if isinstance(by, str):
         by = (by,)
-    return Relation(aggregate_node(_as_node(R, "aggregate", "R"), by, kernel))
+    try:
+        by = tuple(by)
+    except TypeError:
+        raise PlanError(f"aggregate over '{_label(node)}': by must be a tuple of key names, got "
+                        f"{by!r}; use by=() to combine all tuples into one.") from None
+    return Relation(aggregate_node(node, by, kernel))
 
 
 # ---- Add (backward plans) ----------------------------------------------------------------------

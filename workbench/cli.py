@@ -82,13 +82,32 @@ def tour() -> int:
     return 0 if ok and worst < 1e-9 else 1
 
 
+def figures(out_dir: str = "figures") -> int:
+    """Draw the forward, backward and combined plans of the paper's examples as PNG files."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    for name, make in programs.FIGURES.items():
+        p = make(np.random.default_rng(0))
+        both = wb.plans(p.fn, *p.rels, argnums=p.argnums)
+        for view, plan in (("forward", both.forward), ("backward", both.backward), ("combined", both)):
+            path = out / f"{name}_{view}.png"
+            wb.render(plan, format="png", path=path)
+            print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workbench")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("tour", help="run the paper's example programs beside numpy and JAX")
+    fig = sub.add_parser("figures", help="draw the forward and backward plans of the examples")
+    fig.add_argument("--out", default="figures", help="directory for the PNG files")
     args = parser.parse_args(argv)
     if args.command == "tour":
         return tour()
+    if args.command == "figures":
+        return figures(args.out)
     return 2
 
 

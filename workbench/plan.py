@@ -108,7 +108,7 @@ class Select(Node):
         if self.pred is not None:
             out["pred"] = str(self.pred)
         if [o for o, _ in self.keys] != [i for _, i in self.keys] or self.drops_keys:
-            out["keys"] = ", ".join(o if o == i else f"{o}<-{i}" for o, i in self.keys)
+            out["keys"] = ", ".join(o if o == i else f"{o}<-{i}" for o, i in self.keys) or "()"
         if self.kernel is not None:
             out["kernel"] = self.kernel.name
         return out
@@ -149,7 +149,7 @@ class Join(Node):
 
     def params(self) -> dict[str, Any]:
         on = ", ".join(f"{l}={r}" for l, r in self.on) or "(cross)"
-        keys = ", ".join(f"{o}<-{s[0].upper()}.{k}" for o, s, k in self.keys)  # L.k / R.k
+        keys = ", ".join(f"{o}<-{s[0].upper()}.{k}" for o, s, k in self.keys) or "()"  # L.k, R.k
         return {"on": on, "keys": keys, "kernel": self.kernel.name}
 
 

@@ -169,6 +169,9 @@ def used_twice(rng, n=4, block=(2, 2), dtype=None) -> Program:
 
 EXAMPLES = (blocked_matmul, logistic_regression, mlp, gcn, used_twice)
 
+# The programs whose plans are drawn in figures/ and kept as golden snapshots in tests/golden/.
+FIGURES = {"matmul": blocked_matmul, "logreg": logistic_regression, "gcn": gcn}
+
 
 def examples(seed: int = 0, dtype=None) -> list[Program]:
     rng = np.random.default_rng(seed)

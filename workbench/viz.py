@@ -284,10 +284,10 @@ def combined_to_dot(forward: Plan, backward: Plan, analyze: bool = False,
             if inp not in shown:
                 continue
             if not inp.is_backward:  # the backward plan reads a forward result
-                attrs = ['style=dashed, color="#95a5a6", arrowhead=vee, constraint=false']
+                lines.append(f'  {num[inp]} -> {num[n]} [style=dashed, color="#95a5a6", '
+                             f'arrowhead=vee, constraint=false];')
             else:
-                attrs = [f"label={_q(' ' + edge_text(inp) + ' ')}"]
-            lines.append(f"  {num[inp]} -> {num[n]} [{', '.join(attrs)}];")
+                lines.append(f"  {num[inp]} -> {num[n]} [label={_q(' ' + edge_text(inp) + ' ')}];")
     if upto is None or len(visible) == len(rule_order(forward, backward)):
         for i, (name, node) in enumerate(zip(backward.names, backward.outputs)):
             if node in shown:

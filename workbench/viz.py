@@ -208,7 +208,7 @@ def _edges(num: Numbering, nodes: Iterable[Node], dashed_from=lambda n: False) -
             if len(node.inputs) == 2 and node.kind == "join":
                 attrs.append(f'taillabel="", headlabel={_q("L" if i == 0 else "R")}, labelfontsize=8')
             if dashed_from(inp):
-                attrs.append('style=dashed, color="#7f8c8d", constraint=false')
+                attrs.append('style=dashed, color="#7f8c8d"')
             out.append(f"  {num[inp]} -> {num[node]} [{', '.join(attrs)}];")
     return out
 
@@ -228,12 +228,18 @@ def plan_to_dot(plan: Plan, analyze: bool = False) -> str:
     num = Numbering.of(plan)
     nodes = toposort(list(plan.outputs))
     backward = plan.direction == "backward"
+    if backward:  # backward nodes, and the forward results they read as leaves
+        own = [n for n in nodes if n.is_backward or n in plan.outputs]
+        read = {i for n in own for i in n.inputs}
+        nodes = [n for n in nodes if n in read and n not in own] + own
+    else:
+        own = nodes
     lines = [f"digraph {plan.direction} {{", _HEADER.rstrip("\n")]
     for n in nodes:
-        ref = backward and not n.is_backward
+        ref = n not in own
         lines.append(f"  {num[n]} [label={_label(num, n, plan, analyze, reference=ref)}, "
-                     f"{_node_attrs(n, backward and n.is_backward, reference=ref)}];")
-    lines += _edges(num, nodes, dashed_from=lambda n: backward and not n.is_backward)
+                     f"{_node_attrs(n, backward and not ref, reference=ref)}];")
+    lines += _edges(num, own, dashed_from=lambda n: n not in own)
     lines += _outputs(num, plan, "")
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -157,8 +157,14 @@ def _q(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _label(num: Numbering, node: Node, plan: Plan | None, analyze: bool, reference: bool = False) -> str:
-    """An HTML-like label: the node number and operator in bold, then one line per parameter."""
+# The parameters a compact label keeps (the combined view): what the operator computes.
+COMPACT = ("kernel", "by", "pred")
+
+
+def _label(num: Numbering, node: Node, plan: Plan | None, analyze: bool, reference: bool = False,
+           compact: bool = False) -> str:
+    """An HTML-like label: the node number and operator in bold, then one line per parameter
+    (only the kernel, ``by`` and predicate when ``compact``)."""
     head = f"<B>{num[node]} {html.escape(node.kind)}</B>"
     name = _name(node)
     if name:
@@ -168,7 +174,7 @@ def _label(num: Numbering, node: Node, plan: Plan | None, analyze: bool, referen
         rows.append("<I>forward result</I>")
     else:
         for k, v in node.params().items():
-            if k == "name":
+            if k == "name" or compact and k not in COMPACT:
                 continue
             rows.append(f"{html.escape(k)}: {html.escape(_short(str(v)))}")
         if analyze and plan is not None:
@@ -185,7 +191,7 @@ def _short(s: str, width: int = 48) -> str:
 def _node_attrs(node: Node, backward: bool, reference: bool = False) -> str:
     shape, ffill, bfill = STYLE.get(node.kind, ("box", "#ffffff", "#ffffff"))
     attrs = f"shape={shape}"
-    if shape == "hexagon":  # hexagons pad their labels widely by default
+    if shape in ("hexagon", "invtrapezium"):  # these pad their labels widely by default
         attrs += ', margin="0.02,0.02"'
     if reference:
         return attrs + ', style="filled,dashed", fillcolor="#f5f5f5", color="#999999", fontcolor="#555555"'
@@ -266,7 +272,7 @@ def combined_to_dot(forward: Plan, backward: Plan, analyze: bool = False,
         attrs = _node_attrs(n, False)
         if n is highlight:
             attrs += ', penwidth=3, color="#d35400"'
-        lines.append(f"    {num[n]} [label={_label(num, n, forward, analyze)}, {attrs}];")
+        lines.append(f"    {num[n]} [label={_label(num, n, forward, analyze, compact=True)}, {attrs}];")
     lines += ["  " + e for e in _edges(num, fnodes)]
     lines += ["  " + o for o in _outputs(num, forward, "f")]
     lines.append("  }")
@@ -280,7 +286,7 @@ def combined_to_dot(forward: Plan, backward: Plan, analyze: bool = False,
         lines.append(f'    subgraph cluster_rjp_{oid} {{\n      label={_q(f"RJP of {oid} {origin.kind}")}; '
                      'fontsize=10; style="rounded,dashed"; color="#c0392b";')
         for n in group:
-            lines.append(f"      {num[n]} [label={_label(num, n, backward, analyze)}, "
+            lines.append(f"      {num[n]} [label={_label(num, n, backward, analyze, compact=True)}, "
                          f"{_node_attrs(n, True)}];")
         lines.append("    }")
     lines.append("  }")

@@ -332,3 +332,39 @@ def test_operators_on_empty_relations(rng):
     total = wb.aggregate(E, by=())                       # the empty sum is zero
     assert len(total) == 1
     np.testing.assert_array_equal(total.to_tensor(), np.zeros(3))
+
+
+# ---- kernels read the current values of what they capture -----------------------------------
+
+SCALE = 1.0
+
+
+def _scaled(v):
+    return v * SCALE
+
+
+def test_a_kernel_sees_a_rebound_global(rng):
+    global SCALE
+    x = rng.normal(size=(5, 2))
+    X = wb.from_tensor(x, keys=("i",))
+    try:
+        for s in (2.0, 3.0, -1.5):
+            SCALE = s
+            np.testing.assert_allclose(wb.select(X, kernel=_scaled).to_tensor(), s * x)
+    finally:
+        SCALE = 1.0
+
+
+def test_a_kernel_sees_captured_arrays_and_lists_mutated_in_place(rng):
+    x = rng.normal(size=(4, 3))
+    X = wb.from_tensor(x, keys=("i",))
+    w = np.ones(3)
+    shift = [0.0]
+
+    def make():
+        return lambda v: v * w + shift[0]
+
+    np.testing.assert_allclose(wb.select(X, kernel=make()).to_tensor(), x)
+    w[:] = [1.0, 2.0, 3.0]
+    shift[0] = 0.5
+    np.testing.assert_allclose(wb.select(X, kernel=make()).to_tensor(), x * w + 0.5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import hashlib
 from typing import Callable, Sequence
 
 import jax
@@ -90,23 +91,60 @@ def kernel_name(fn: Callable) -> str:
     return "lambda" if name == "<lambda>" else name
 
 
-def _hashable(x):
+class _Ref:
+    """An identity key that keeps its object alive, so no other object can reuse its id()."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __hash__(self):
+        return id(self.obj)
+
+    def __eq__(self, other):
+        return isinstance(other, _Ref) and other.obj is self.obj
+
+
+def _hashable(x, depth: int = 0):
+    """A key for a value a kernel reads. Compiled kernels bake such values in as constants, so
+    mutable values (numpy arrays, lists, dicts) are keyed by content, never by identity."""
+    if depth > 4:
+        return _Ref(x)
     if callable(x) and hasattr(x, "__code__"):
-        return _code_key(x)
+        return _code_key(x, depth + 1)
+    if isinstance(x, np.ndarray):
+        digest = hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16).digest()
+        return ("ndarray", x.shape, x.dtype.str, digest)
+    if isinstance(x, (list, tuple)):
+        return (type(x).__name__, tuple(_hashable(e, depth + 1) for e in x))
+    if isinstance(x, dict):
+        return ("dict", tuple((k, _hashable(v, depth + 1)) for k, v in x.items()))
     try:
         hash(x)
         return x
     except TypeError:
-        return ("id", id(x))
+        return _Ref(x)  # e.g. a JAX array: immutable, so its identity is its content
 
 
-def _code_key(fn: Callable):
-    """Kernels with the same code and the same captured values share compiled functions."""
+def _global_names(code) -> set[str]:
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if hasattr(c, "co_names"):
+            names |= _global_names(c)
+    return names
+
+
+def _code_key(fn: Callable, depth: int = 0):
+    """Kernels with the same code and the same captured values share compiled functions. The
+    values of the globals the code reads are part of the key: rebinding one recompiles."""
     code = getattr(fn, "__code__", None)
     if code is None:
-        return _hashable(fn)
-    cells = tuple(_hashable(c.cell_contents) for c in (fn.__closure__ or ()))
-    return (code, cells, _hashable(getattr(fn, "__defaults__", None)), id(getattr(fn, "__globals__", None)))
+        return _hashable(fn, depth)
+    cells = tuple(_hashable(c.cell_contents, depth) for c in (fn.__closure__ or ()))
+    g = getattr(fn, "__globals__", None) or {}
+    globs = tuple(sorted((n, _hashable(g[n], depth)) for n in _global_names(code) if n in g))
+    return (code, cells, globs, _hashable(getattr(fn, "__defaults__", None), depth), id(g))
 
 
 class _LRU(collections.OrderedDict):

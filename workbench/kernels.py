@@ -166,27 +166,36 @@ class _LRU(collections.OrderedDict):
 _COMPILED = _LRU(512)
 
 
-def _batched(kernel: Kernel, gathered: tuple[bool, ...]):
-    """jit(vmap(fn)) over the used arguments; argument i arrives as (values, rows) when gathered."""
-    key = (kernel._key, kernel.arity, kernel.uses, gathered)
+# How argument i reaches the kernel: one value per output tuple, a gather of (values, rows), or
+# one value shared by every tuple (the single tuple of a one-tuple relation, e.g. a weight
+# matrix cross-joined with every row): vmapped with in_axes=None, so the kernel sees it once
+# and XLA can run v @ W over the batch as one matrix product instead of gathering W n times.
+ROWS, GATHER, SHARED = "rows", "gather", "shared"
+
+
+def _batched(kernel: Kernel, modes: tuple[str, ...]):
+    """jit(vmap(fn)) over the used arguments; argument i arrives as (values, rows) when gathered,
+    as values when shared (vmapped with in_axes=None) or per row."""
+    key = (kernel._key, kernel.arity, kernel.uses, modes)
 
     def make():
         fn, uses = kernel.fn, kernel.uses
 
         def run(dummies, *arrays):
             it = iter(arrays)
-            cols = []
+            cols, axes = [], []
             for i in range(kernel.arity):
                 if not uses[i]:
                     continue
                 vals = next(it)
-                if gathered[i]:
+                if modes[i] == GATHER:
                     vals = vals[next(it)]
                 cols.append(vals)
+                axes.append(None if modes[i] == SHARED else 0)
             def per_tuple(*used):
                 u = iter(used)
                 return fn(*[next(u) if uses[i] else dummies[i] for i in range(kernel.arity)])
-            return jax.vmap(per_tuple)(*cols)
+            return jax.vmap(per_tuple, in_axes=tuple(axes))(*cols)
 
         return (kernel.fn, jax.jit(run))  # keep fn alive so id()-based keys stay unique
 
@@ -196,23 +205,14 @@ def _batched(kernel: Kernel, gathered: tuple[bool, ...]):
 def apply(kernel: Kernel, args: Sequence[tuple[jax.Array, np.ndarray | None]],
           shapes: Sequence[tuple[int, ...]], dtype: str) -> jax.Array:
     """Run ``kernel`` on every tuple. ``args[i]`` is (values, rows): the kernel's i-th argument for
-    output tuple t is ``values[rows[t]]`` (or ``values[t]`` when rows is None)."""
+    output tuple t is ``values[rows[t]]`` (or ``values[t]`` when rows is None). A gathered argument
+    with one row is passed once and shared by every tuple."""
     n = None
     for vals, rows in args:
         n = len(rows) if rows is not None else vals.shape[0]
         break
-    gathered = tuple(rows is not None for _, rows in args)
-    fn = _batched(kernel, gathered)
-    m = bucket(n)
-    arrays = []
-    for i, (vals, rows) in enumerate(args):
-        if not kernel.uses[i]:
-            continue
-        if rows is None:
-            arrays.append(_pad(vals, m))
-        else:
-            arrays.append(_pad(vals, bucket(vals.shape[0])) if vals.shape[0] else jnp.zeros((1, *vals.shape[1:]), vals.dtype))
-            arrays.append(_pad(jnp.asarray(rows, dtype=jnp.int32 if vals.shape[0] < 2**31 else jnp.int64), m))
+    modes = tuple(ROWS if rows is None else SHARED if vals.shape[0] == 1 else GATHER
+                  for vals, rows in args)
     dummies = tuple(jnp.zeros(s, dtype) for s in shapes)
     if not any(kernel.uses):  # a constant kernel: one evaluation, broadcast
         one = jnp.asarray(kernel.fn(*dummies))
@@ -220,6 +220,23 @@ def apply(kernel: Kernel, args: Sequence[tuple[jax.Array, np.ndarray | None]],
     if n == 0:
         out_shape = jax.eval_shape(kernel.fn, *dummies).shape
         return jnp.zeros((0, *out_shape), dtype)
+    if all(m == SHARED for m, u in zip(modes, kernel.uses) if u):  # one evaluation, broadcast
+        modes = tuple(ROWS if u else m for m, u in zip(modes, kernel.uses))
+        one = _batched(kernel, modes)(dummies, *[v[:1] for (v, _), u in zip(args, kernel.uses) if u])
+        return jnp.broadcast_to(one[0], (n, *one.shape[1:]))
+    fn = _batched(kernel, modes)
+    m = bucket(n)
+    arrays = []
+    for i, (vals, rows) in enumerate(args):
+        if not kernel.uses[i]:
+            continue
+        if modes[i] == ROWS:
+            arrays.append(_pad(vals, m))
+        elif modes[i] == SHARED:
+            arrays.append(jnp.asarray(vals)[0])
+        else:
+            arrays.append(_pad(vals, bucket(vals.shape[0])) if vals.shape[0] else jnp.zeros((1, *vals.shape[1:]), vals.dtype))
+            arrays.append(_pad(jnp.asarray(rows, dtype=jnp.int32 if vals.shape[0] < 2**31 else jnp.int64), m))
     return fn(dummies, *arrays)[:n]
 
 

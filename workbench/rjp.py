@@ -43,8 +43,9 @@ def _select_rjp(S: Select, ct: Node, wanted):
     R = S.input
     rkeys = R.schema.keys
     if S.pred is None and S.kernel is None and not S.drops_keys and len(S.keys) == len(rkeys):
-        # a pure re-keying: G_R is G_S with the keys mapped back
-        return (select_node(ct, keys=tuple((i, o) for o, i in S.keys)),)
+        # a pure re-keying: G_R is G_S with the keys mapped back, in R's key order
+        back = {i: o for o, i in S.keys}
+        return (select_node(ct, keys=tuple((k, back[k]) for k in rkeys)),)
     # G_R(k) = vjp_F(R(k))(G_S(proj(k))) for k with pred(k): one join on proj(k) = G_S.k
     src = R if S.pred is None else select_node(R, pred=S.pred)
     G = join_node(src, ct, on=tuple((i, o) for o, i in S.keys),
@@ -155,8 +156,22 @@ def backward(out: Node, seed: Node, leaves: Sequence[Node]) -> list[Node | None]
             contributions = rule(node, ct, tuple(i in depends for i in node.inputs))
         for inp, c in zip(node.inputs, contributions):
             if c is not None and inp in depends:
-                cts.setdefault(inp, []).append(c)
+                cts.setdefault(inp, []).append(_conform(c, inp, node))
     return [grads.get(leaf) for leaf in leaves]
+
+
+def _conform(c: Node, primal: Node, origin: Node) -> Node:
+    """A cotangent contribution with its primal's key order and extents. A rule may name the keys
+    in another order, or take a key's extent from a join partner; the contribution's tuples are a
+    subset of the primal's, so the primal's extents hold them."""
+    s, p = c.schema, primal.schema
+    if s.keys == p.keys and s.extents == p.extents:
+        return c
+    if set(s.keys) != set(p.keys) or (s.value_shape, s.dtype) != (p.value_shape, p.dtype):
+        raise PlanError(f"the RJP rule of {origin.kind} returned a cotangent {s.describe()} for an "
+                        f"input {p.describe()}; it must have the input's keys and value shape")
+    schema = Schema(p.keys, p.extents, s.value_shape, s.dtype)
+    return Select(schema, c, None, tuple((k, k) for k in p.keys), None, origin=origin)
 
 
 # ---- the user API ----------------------------------------------------------------------------

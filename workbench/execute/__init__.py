@@ -17,6 +17,9 @@ def run(outputs: Sequence[Node], ctx: Context | None = None, optimize: bool = Tr
     if not optimize:
         return execute(list(outputs), ctx)
     physical, mapping = passes.optimize(outputs)
+    for logical, node in mapping.items():  # a rewrite may rebuild a node computed by an earlier
+        if logical in ctx.memo and node not in ctx.memo:  # run (e.g. over a dropped select):
+            ctx.memo[node] = ctx.memo[logical]  # read its result instead of recomputing it
     tables = execute(physical, ctx)
     for logical, node in mapping.items():
         if node in ctx.memo:

@@ -169,6 +169,8 @@ def group_ids(keys: pl.DataFrame, by: tuple[str, ...], extents: tuple[int, ...])
 def _aggregate(node: Aggregate, inputs, ctx) -> Table:
     (t,) = inputs
     ids, out, g = group_ids(t.keys, node.by, node.schema.extents)
+    if not node.by:  # a keyless input's key frame has no rows: every tuple is in the one group
+        ids = np.zeros(t.height, np.int64)
     if node.kernel == "mean" and t.height == 0 and not node.by:
         raise PlanError(f"aggregate mean over '{_name(node.input)}': the relation is empty, so its "
                         f"mean is undefined")

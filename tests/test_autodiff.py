@@ -268,3 +268,28 @@ def test_pullback_refuses_a_cotangent_of_the_wrong_keys_shape_or_dtype(AB):
         pullback(wb.from_matrix(ok, block=(2, 2), dtype="float32"))
     with pytest.raises(TypeError, match="cotangent"):  # not a relation
         pullback(np.ones((4, 4)))
+
+
+def test_a_cotangent_may_list_the_output_keys_in_another_order(rng):
+    A = wb.from_matrix(rng.normal(size=(4, 6)), block=(2, 3))
+    B = wb.from_matrix(rng.normal(size=(6, 2)), block=(3, 2))
+    _, pullback = wb.vjp(matmul, A, B)
+    ct = rng.normal(size=(4, 2))
+    G = wb.from_matrix(ct, block=(2, 2))
+    swapped = wb.select(G, keys={"col": "col", "row": "row"})
+    for a, b in zip(pullback(G), pullback(swapped)):
+        np.testing.assert_allclose(wb.to_matrix(b), wb.to_matrix(a), rtol=1e-12)
+    _, vjp_fn = jax.vjp(lambda a, b: a @ b, wb.to_matrix(A), wb.to_matrix(B))
+    for got, want in zip(pullback(swapped), vjp_fn(ct)):
+        np.testing.assert_allclose(wb.to_matrix(got), want, rtol=1e-9)
+
+
+def test_example_programs_are_checked_in_float64_at_rtol_1e_9(rng):
+    """tests/test_check.py compares the paper's programs with their twins at this tolerance."""
+    from workbench import check, programs
+
+    assert check.default_tolerance("float64") == 1e-9
+    for make in programs.EXAMPLES:
+        assert all(r.dtype == "float64" for r in make(rng).rels)
+    report = check.program_report(programs.used_twice(rng))
+    assert report.ok and all(r.tolerance == 1e-9 for r in report.rows)

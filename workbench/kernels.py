@@ -20,7 +20,7 @@ import numpy as np
 from workbench.errors import KernelError
 
 # Row counts at or above this are compiled exactly; below it they are padded to a bucket.
-_EXACT_FROM = 1 << 16
+_EXACT_FROM = 1 << 14  # (padding copies the whole array; compiling once per size is cheaper)
 
 
 def bucket(n: int) -> int:
@@ -43,10 +43,10 @@ def _pad(x: jax.Array | np.ndarray, n: int):
 class Kernel:
     """A named per-tuple function of ``arity`` values; ``uses[i]`` says whether argument i is read."""
 
-    __slots__ = ("fn", "name", "arity", "uses", "_key")
+    __slots__ = ("fn", "name", "arity", "uses", "_key", "parts")
 
     def __init__(self, fn: Callable, name: str | None = None, arity: int = 1,
-                 uses: Sequence[bool] | None = None):
+                 uses: Sequence[bool] | None = None, parts: tuple | None = None):
         if not callable(fn):
             raise KernelError(f"kernel must be a callable JAX function of the tuple value(s), "
                               f"got {type(fn).__name__}")
@@ -55,6 +55,7 @@ class Kernel:
         self.arity = arity
         self.uses = tuple(uses) if uses is not None else (True,) * arity
         self._key = _code_key(fn)
+        self.parts = parts  # how an RJP rule built it, for rewrites that recognize it
 
     def __repr__(self) -> str:
         return f"Kernel({self.name})"
@@ -173,59 +174,72 @@ _COMPILED = _LRU(512)
 ROWS, GATHER, SHARED = "rows", "gather", "shared"
 
 
+def _vmapped(kernel: Kernel, modes: tuple[str, ...]):
+    """vmap(fn) over the used arguments; argument i arrives as (values, rows) when gathered, as
+    values when shared (vmapped with in_axes=None) or per row."""
+    fn, uses = kernel.fn, kernel.uses
+
+    def run(dummies, *arrays):
+        it = iter(arrays)
+        cols, axes = [], []
+        for i in range(kernel.arity):
+            if not uses[i]:
+                continue
+            vals = next(it)
+            if modes[i] == GATHER:
+                vals = vals[next(it)]
+            cols.append(vals)
+            axes.append(None if modes[i] == SHARED else 0)
+        def per_tuple(*used):
+            u = iter(used)
+            return fn(*[next(u) if uses[i] else dummies[i] for i in range(kernel.arity)])
+        return jax.vmap(per_tuple, in_axes=tuple(axes))(*cols)
+
+    return run
+
+
 def _batched(kernel: Kernel, modes: tuple[str, ...]):
-    """jit(vmap(fn)) over the used arguments; argument i arrives as (values, rows) when gathered,
-    as values when shared (vmapped with in_axes=None) or per row."""
+    """jit(vmap(fn)), cached per kernel and argument modes."""
     key = (kernel._key, kernel.arity, kernel.uses, modes)
 
     def make():
-        fn, uses = kernel.fn, kernel.uses
-
-        def run(dummies, *arrays):
-            it = iter(arrays)
-            cols, axes = [], []
-            for i in range(kernel.arity):
-                if not uses[i]:
-                    continue
-                vals = next(it)
-                if modes[i] == GATHER:
-                    vals = vals[next(it)]
-                cols.append(vals)
-                axes.append(None if modes[i] == SHARED else 0)
-            def per_tuple(*used):
-                u = iter(used)
-                return fn(*[next(u) if uses[i] else dummies[i] for i in range(kernel.arity)])
-            return jax.vmap(per_tuple, in_axes=tuple(axes))(*cols)
-
-        return (kernel.fn, jax.jit(run))  # keep fn alive so id()-based keys stay unique
+        return (kernel.fn, jax.jit(_vmapped(kernel, modes)))  # keep fn alive: id()-based keys stay unique
 
     return _COMPILED.get_or_make(key, make)
 
 
-def apply(kernel: Kernel, args: Sequence[tuple[jax.Array, np.ndarray | None]],
-          shapes: Sequence[tuple[int, ...]], dtype: str) -> jax.Array:
-    """Run ``kernel`` on every tuple. ``args[i]`` is (values, rows): the kernel's i-th argument for
-    output tuple t is ``values[rows[t]]`` (or ``values[t]`` when rows is None). A gathered argument
-    with one row is passed once and shared by every tuple."""
-    n = None
-    for vals, rows in args:
-        n = len(rows) if rows is not None else vals.shape[0]
-        break
-    modes = tuple(ROWS if rows is None else SHARED if vals.shape[0] == 1 else GATHER
-                  for vals, rows in args)
-    dummies = tuple(jnp.zeros(s, dtype) for s in shapes)
-    if not any(kernel.uses):  # a constant kernel: one evaluation, broadcast
-        one = jnp.asarray(kernel.fn(*dummies))
-        return jnp.broadcast_to(one, (n, *one.shape))
-    if n == 0:
-        out_shape = jax.eval_shape(kernel.fn, *dummies).shape
-        return jnp.zeros((0, *out_shape), dtype)
-    if all(m == SHARED for m, u in zip(modes, kernel.uses) if u):  # one evaluation, broadcast
-        modes = tuple(ROWS if u else m for m, u in zip(modes, kernel.uses))
-        one = _batched(kernel, modes)(dummies, *[v[:1] for (v, _), u in zip(args, kernel.uses) if u])
-        return jnp.broadcast_to(one[0], (n, *one.shape[1:]))
-    fn = _batched(kernel, modes)
-    m = bucket(n)
+def _batched_sum(kernel: Kernel, modes: tuple[str, ...]):
+    """jit of the kernel's outputs summed, in one compiled function, so XLA fuses the kernel into
+    the reduction instead of writing every tuple's output: (dummies, num_segments, ids, *arrays)
+    with ids an int array (segment sum; out-of-range ids are dropped); (dummies, -1, n, *arrays):
+    the sum of the first n outputs (padded rows masked), as one row; (dummies, 0, None, *arrays):
+    the sum of all outputs, unmasked (a mask on the outputs stops XLA fusing the reduction)."""
+    key = (kernel._key, kernel.arity, kernel.uses, modes, "sum")
+
+    def make():
+        per_row = _vmapped(kernel, modes)
+
+        def run(dummies, num_segments, ids, *arrays):
+            out = per_row(dummies, *arrays)
+            if num_segments > 0:
+                return jax.ops.segment_sum(out, ids, num_segments=num_segments)
+            if num_segments < 0:
+                keep = (jnp.arange(out.shape[0]) < ids).reshape((-1,) + (1,) * (out.ndim - 1))
+                out = jnp.where(keep, out, jnp.zeros((), out.dtype))
+            return jnp.sum(out, axis=0, keepdims=True)
+
+        return (kernel.fn, jax.jit(run, static_argnums=(1,)))
+
+    return _COMPILED.get_or_make(key, make)
+
+
+def _modes(args) -> tuple[str, ...]:
+    return tuple(ROWS if rows is None else SHARED if vals.shape[0] == 1 else GATHER
+                 for vals, rows in args)
+
+
+def _arrays(kernel: Kernel, args, modes, m: int) -> list:
+    """The compiled function's array arguments, row counts padded to m (or their bucket)."""
     arrays = []
     for i, (vals, rows) in enumerate(args):
         if not kernel.uses[i]:
@@ -237,7 +251,61 @@ def apply(kernel: Kernel, args: Sequence[tuple[jax.Array, np.ndarray | None]],
         else:
             arrays.append(_pad(vals, bucket(vals.shape[0])) if vals.shape[0] else jnp.zeros((1, *vals.shape[1:]), vals.dtype))
             arrays.append(_pad(jnp.asarray(rows, dtype=jnp.int32 if vals.shape[0] < 2**31 else jnp.int64), m))
-    return fn(dummies, *arrays)[:n]
+    return arrays
+
+
+def _rows(args) -> int:
+    vals, rows = args[0]
+    return len(rows) if rows is not None else vals.shape[0]
+
+
+def apply(kernel: Kernel, args: Sequence[tuple[jax.Array, np.ndarray | None]],
+          shapes: Sequence[tuple[int, ...]], dtype: str) -> jax.Array:
+    """Run ``kernel`` on every tuple. ``args[i]`` is (values, rows): the kernel's i-th argument for
+    output tuple t is ``values[rows[t]]`` (or ``values[t]`` when rows is None). A gathered argument
+    with one row is passed once and shared by every tuple."""
+    n = _rows(args)
+    modes = _modes(args)
+    dummies = tuple(jnp.zeros(s, dtype) for s in shapes)
+    if not any(kernel.uses):  # a constant kernel: one evaluation, broadcast
+        one = jnp.asarray(kernel.fn(*dummies))
+        return jnp.broadcast_to(one, (n, *one.shape))
+    if n == 0:
+        out_shape = jax.eval_shape(kernel.fn, *dummies).shape
+        return jnp.zeros((0, *out_shape), dtype)
+    if all(m == SHARED for m, u in zip(modes, kernel.uses) if u):  # one evaluation, broadcast
+        modes = tuple(ROWS if u else m for m, u in zip(modes, kernel.uses))
+        one = _batched(kernel, modes)(dummies, *[v[:1] for (v, _), u in zip(args, kernel.uses) if u])
+        return jnp.broadcast_to(one[0], (n, *one.shape[1:]))
+    m = bucket(n)
+    out = _batched(kernel, modes)(dummies, *_arrays(kernel, args, modes, m))
+    return out if m == n else out[:n]
+
+
+def apply_sum(kernel: Kernel, args: Sequence[tuple[jax.Array, np.ndarray | None]],
+              shapes: Sequence[tuple[int, ...]], dtype: str, ids: np.ndarray | None,
+              num_segments: int) -> jax.Array:
+    """``segment_sum(apply(kernel, args, ...), ids, num_segments)`` (``ids`` None: every tuple in
+    one group) computed in one compiled function, the kernel's per-tuple outputs never stored."""
+    n = _rows(args)
+    modes = _modes(args)
+    if n == 0 or not any(kernel.uses) or all(m == SHARED for m, u in zip(modes, kernel.uses) if u):
+        ids = np.zeros(n, np.int64) if ids is None else ids
+        return segment_sum(apply(kernel, args, shapes, dtype), ids, num_segments)
+    dummies = tuple(jnp.zeros(s, dtype) for s in shapes)
+    m = bucket(n)
+    arrays = _arrays(kernel, args, modes, m)
+    fn = _batched_sum(kernel, modes)
+    if ids is None:
+        if m == n:
+            return fn(dummies, 0, None, *arrays)
+        return fn(dummies, -1, jnp.asarray(n, jnp.int32), *arrays)
+    s = bucket(num_segments)
+    ids_j = jnp.asarray(ids, dtype=jnp.int32 if s < 2**31 else jnp.int64)
+    if m != n:
+        ids_j = jnp.pad(ids_j, (0, m - n), constant_values=s)  # out of range: dropped
+    out = fn(dummies, s, ids_j, *arrays)
+    return out if s == num_segments else out[:num_segments]
 
 
 @functools.lru_cache(maxsize=None)
@@ -251,7 +319,8 @@ def gather(values: jax.Array, rows: np.ndarray) -> jax.Array:
     if n == 0 or values.shape[0] == 0:
         return jnp.zeros((n, *values.shape[1:]), values.dtype)
     idx = _pad(jnp.asarray(rows, dtype=jnp.int32 if values.shape[0] < 2**31 else jnp.int64), bucket(n))
-    return _gather_fn()(_pad(values, bucket(values.shape[0])), idx)[:n]
+    out = _gather_fn()(_pad(values, bucket(values.shape[0])), idx)
+    return out if out.shape[0] == n else out[:n]
 
 
 @functools.partial(jax.jit, static_argnames=("num_segments",))
@@ -266,7 +335,8 @@ def segment_sum(values: jax.Array, ids: np.ndarray, num_segments: int) -> jax.Ar
     ids_j = jnp.asarray(ids, dtype=jnp.int32 if s < 2**31 else jnp.int64)
     if m != n:
         ids_j = jnp.pad(ids_j, (0, m - n), constant_values=s)  # out of range: dropped
-    return _segment_sum(_pad(values, m), ids_j, num_segments=s)[:num_segments]
+    out = _segment_sum(_pad(values, m), ids_j, num_segments=s)
+    return out if s == num_segments else out[:num_segments]
 
 
 # ---- kernels the RJP rules build -------------------------------------------------------------
@@ -334,4 +404,26 @@ def join_vjp_kernel(k: Kernel, side: str, lshape, rshape) -> Kernel:
         return jax.vjp(lambda b: f(vl, b), vr)[1](g)[0]
 
     vjp.__qualname__ = f"{k.name}_vjp_{side}"
-    return Kernel(vjp, name=f"vjp_{side}({k.name})", arity=2)
+    return Kernel(vjp, name=f"vjp_{side}({k.name})", arity=2, parts=("join_vjp", k, side))
+
+
+def is_pack(k: Kernel) -> bool:
+    return k.fn is _ravel_cat
+
+
+def unpacked_join_vjp(k: Kernel) -> Kernel | None:
+    """For a ``join_vjp_kernel`` of (pack(vl, vr), g), the same function of (vl, vr, g): an
+    executor can then gather vl and vr from the joined relations instead of building the pairs.
+    None for any other kernel."""
+    if not k.parts or k.parts[0] != "join_vjp":
+        return None
+    _, fk, side = k.parts
+    f = fk.fn
+
+    def vjp(vl, vr, g):
+        if side == "left":
+            return jax.vjp(lambda a: f(a, vr), vl)[1](g)[0]
+        return jax.vjp(lambda b: f(vl, b), vr)[1](g)[0]
+
+    vjp.__qualname__ = f"{fk.name}_vjp_{side}"
+    return Kernel(vjp, name=k.name, arity=3)

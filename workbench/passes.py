@@ -22,6 +22,8 @@ def _rebuild(node: Node, new_inputs: Sequence[Node]) -> Node:
         return dataclasses.replace(node, left=new_inputs[0], right=new_inputs[1])
     if isinstance(node, Add):
         return dataclasses.replace(node, terms=tuple(new_inputs))
+    if hasattr(node, "with_inputs"):  # physical nodes (workbench.physical)
+        return node.with_inputs(tuple(new_inputs))
     raise NotImplementedError(f"cannot rebuild {type(node).__name__}")
 
 
@@ -85,9 +87,62 @@ def common_subexpressions(outputs: Sequence[Node]) -> dict[Node, Node]:
     return _map_nodes(outputs, visit)
 
 
+def fuse_pair_joins(outputs: Sequence[Node]) -> dict[Node, Node]:
+    """join(join(L, R, kernel=pack), C, kernel=vjp) -> PairJoin(L, R, C): the join RJP's packed
+    pairs are never built; each pair's values are gathered from L and R where the vjp reads them.
+
+    >>> join(pairs(L, R), G_S, kernel=vjp_left(f))   # -> PairJoin(L, R, G_S, kernel=vjp_left(f))
+    """
+    from workbench import kernels as K
+    from workbench.physical import PairJoin
+
+    def visit(node: Node) -> Node:
+        if not (isinstance(node, Join) and isinstance(node.left, Join) and K.is_pack(node.left.kernel)):
+            return node
+        kernel = K.unpacked_join_vjp(node.kernel)
+        if kernel is None:
+            return node
+        T = node.left
+        return PairJoin(node.schema, T.left, T.right, node.right, T.on, T.keys, node.on, node.keys,
+                        kernel, node.drops_keys, T, label=node.label, origin=node.origin)
+    return _map_nodes(outputs, visit)
+
+
+def fuse_join_aggregates(outputs: Sequence[Node]) -> dict[Node, Node]:
+    """aggregate(J, by, sum) over a join J of a backward plan that nothing else reads ->
+    JoinAggregate(J, by): the join's kernel is evaluated inside the sum, its tuples never stored.
+
+    Only joins emitted by RJP rules are fused: a forward intermediate stays computed, because a
+    backward plan run later may read it.
+
+    >>> aggregate(join(X, G, kernel=vjp_right(f)), by=())   # -> JoinAggregate(join(...), by=())
+    """
+    from workbench.physical import JoinAggregate, PairJoin
+
+    order = toposort(list(outputs))
+    readers: dict[int, int] = {}
+    for node in order:
+        for i in node.inputs:
+            readers[id(i)] = readers.get(id(i), 0) + 1
+    for o in outputs:
+        readers[id(o)] = readers.get(id(o), 0) + 1
+    new: dict[Node, Node] = {}
+    for node in order:
+        rebuilt = _rebuild(node, [new[i] for i in node.inputs])
+        if (isinstance(node, Aggregate) and node.kernel == "sum"
+                and isinstance(node.input, Join | PairJoin) and node.input.is_backward
+                and readers[id(node.input)] == 1):
+            rebuilt = JoinAggregate(node.schema, new[node.input], node.by, label=node.label,
+                                    origin=node.origin)
+        new[node] = rebuilt
+    return new
+
+
 RULES: tuple[Rewrite, ...] = (
     drop_identity_selects,
     common_subexpressions,
+    fuse_pair_joins,
+    fuse_join_aggregates,
 )
 
 
@@ -98,6 +153,6 @@ def optimize(outputs: Sequence[Node], rules: Sequence[Rewrite] = RULES):
     mapping = {n: n for n in toposort(current)}
     for rule in rules:
         step = rule(current)
-        mapping = {k: step[v] for k, v in mapping.items()}
+        mapping = {k: step.get(v, v) for k, v in mapping.items()}  # v may be fused away
         current = [step[o] for o in current]
     return current, mapping

@@ -17,6 +17,7 @@ import polars as pl
 from workbench import kernels as K
 from workbench.errors import PlanError
 from workbench.plan import Add, Aggregate, Join, Node, Scan, Select, toposort
+from workbench.physical import JoinAggregate, PairJoin
 from workbench.table import Table, empty_keys
 
 
@@ -107,21 +108,27 @@ def _select(node: Select, inputs, ctx) -> Table:
 
 def _match(node: Join, lt: Table, rt: Table, ctx: Context):
     """Row pairs (li, ri) of the equi-join, and a frame with every key of both sides."""
-    cache_key = (node.left, node.right, node.on)
+    return _match_keys(node.left, node.right, node.on, lt.keys, lt.height, rt.keys, rt.height, ctx)
+
+
+def _match_keys(left, right, on, lkeys: pl.DataFrame, lheight: int, rkeys: pl.DataFrame,
+                rheight: int, ctx: Context):
+    """The match of two key frames, cached in ``ctx.matches`` under (left, right, on)."""
+    cache_key = (left, right, on)
     if cache_key in ctx.matches:
         return ctx.matches[cache_key]
-    lk = lt.keys.rename({k: "l:" + k for k in lt.keys.columns})
-    rk = rt.keys.rename({k: "r:" + k for k in rt.keys.columns})
+    lk = lkeys.rename({k: "l:" + k for k in lkeys.columns})
+    rk = rkeys.rename({k: "r:" + k for k in rkeys.columns})
     if lk.width == 0 or rk.width == 0:  # a keyless side holds at most one tuple: a broadcast
-        li = np.repeat(np.arange(lt.height), rt.height)
-        ri = np.tile(np.arange(rt.height), lt.height)
+        li = np.repeat(np.arange(lheight), rheight)
+        ri = np.tile(np.arange(rheight), lheight)
         frame = pl.concat([lk[li] if lk.width else pl.DataFrame(), rk[ri] if rk.width else pl.DataFrame()],
                           how="horizontal") if (lk.width or rk.width) else pl.DataFrame()
     else:
         lk, rk = lk.with_row_index("_l"), rk.with_row_index("_r")
-        if node.on:
-            frame = lk.join(rk, left_on=["l:" + l for l, _ in node.on],
-                            right_on=["r:" + r for _, r in node.on], how="inner", coalesce=False)
+        if on:
+            frame = lk.join(rk, left_on=["l:" + l for l, _ in on],
+                            right_on=["r:" + r for _, r in on], how="inner", coalesce=False)
         else:
             frame = lk.join(rk, how="cross")
         li, ri = frame["_l"].to_numpy(), frame["_r"].to_numpy()
@@ -129,17 +136,70 @@ def _match(node: Join, lt: Table, rt: Table, ctx: Context):
     return li, ri, frame
 
 
+def _project(frame: pl.DataFrame, keys) -> pl.DataFrame:
+    """The output key frame of a join: (out, side, key) triples over a match frame."""
+    prefix = {"left": "l:", "right": "r:"}
+    return frame.select([pl.col(prefix[s] + k).alias(o) for o, s, k in keys]) if keys else pl.DataFrame()
+
+
 @run_node.register
 def _join(node: Join, inputs, ctx) -> Table:
+    out, args, shapes = _join_parts(node, inputs, ctx)
+    return Table(out, K.apply(node.kernel, args, shapes, node.schema.dtype))
+
+
+@run_node.register
+def _pair_join(node: PairJoin, inputs, ctx) -> Table:
+    out, args, shapes = _join_parts(node, inputs, ctx)
+    return Table(out, K.apply(node.kernel, args, shapes, node.schema.dtype))
+
+
+@run_node.register
+def _join_aggregate(node: JoinAggregate, inputs, ctx) -> Table:
+    keys, args, shapes = _join_parts(node.join, inputs, ctx)
+    _fused(ctx, node.join, len(args[0][1]) if args[0][1] is not None else args[0][0].shape[0])
+    if node.by:
+        ids, out, g = group_ids(keys, node.by, node.schema.extents)
+    else:
+        ids, out, g = None, pl.DataFrame(), 1
+    return Table(out, K.apply_sum(node.join.kernel, args, shapes, node.schema.dtype, ids, g))
+
+
+def _fused(ctx: Context, node: Node | None, rows: int) -> None:
+    """Statistics of a node a physical node computes inside itself: its rows; no time or bytes
+    of its own (they are the physical node's)."""
+    if ctx.stats is not None and node is not None:
+        ctx.stats.setdefault(node, NodeStats(rows, 0.0, 0))
+
+
+def _join_parts(node: Node, inputs, ctx):
+    """A join's output keys, and its kernel's arguments as (values, rows) with their shapes."""
+    if isinstance(node, PairJoin):
+        # the pairs of (L, R) under the forward join's match, joined with the cotangent C; the
+        # kernel reads L's and R's values through the composed row indices: no packed pairs
+        lt, rt, ct = inputs
+        li, ri, frame = _match_keys(node.left, node.right, node.pair_on, lt.keys, lt.height,
+                                    rt.keys, rt.height, ctx)
+        pairs = ("pairs", node.left, node.right, node.pair_on, node.pair_keys)
+        if (pairs, node.cotangent, node.on) in ctx.matches:
+            ti, ci, frame2 = ctx.matches[(pairs, node.cotangent, node.on)]
+        else:
+            ti, ci, frame2 = _match_keys(pairs, node.cotangent, node.on, _project(frame, node.pair_keys),
+                                         len(li), ct.keys, ct.height, ctx)
+        _fused(ctx, node.pairs, len(li))
+        out = _project(frame2, node.keys)
+        if node.drops_keys:
+            _check_unique(out, len(ti), node, f"join of the pairs of '{_name(node.left)}' and "
+                                              f"'{_name(node.right)}' with '{_name(node.cotangent)}'")
+        args = [(lt.values, li[ti]), (rt.values, ri[ti]), (ct.values, ci)]
+        return out, args, [n.schema.value_shape for n in node.inputs]
     lt, rt = inputs
     li, ri, frame = _match(node, lt, rt, ctx)
-    prefix = {"left": "l:", "right": "r:"}
-    out = frame.select([pl.col(prefix[s] + k).alias(o) for o, s, k in node.keys]) if node.keys else pl.DataFrame()
+    out = _project(frame, node.keys)
     if node.drops_keys:
         _check_unique(out, len(li), node, f"join of '{_name(node.left)}' and '{_name(node.right)}'")
     shapes = [node.left.schema.value_shape, node.right.schema.value_shape]
-    values = K.apply(node.kernel, [(lt.values, li), (rt.values, ri)], shapes, node.schema.dtype)
-    return Table(out, values)
+    return out, [(lt.values, li), (rt.values, ri)], shapes
 
 
 def group_ids(keys: pl.DataFrame, by: tuple[str, ...], extents: tuple[int, ...]):

@@ -1,0 +1,69 @@
+"""Physical plan nodes: what rewrites in ``workbench.passes`` may put into a plan for the local
+executor, beside the four logical operators. Each computes exactly the relation of the logical
+subplan it replaces; only the way it is computed differs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+from workbench.plan import Node
+
+
+@dataclass(frozen=True, eq=False)
+class PairJoin(Node):
+    """``join(join(L, R, on=pair_on, keys=pair_keys, kernel=pack), C, on, keys, kernel=vjp)`` with
+    the packed pairs never built: the kernel reads (L value, R value, C value) of each match.
+
+    The RJP of a join pairs both sides' values with ``pack`` and joins those pairs with the
+    cotangent; this node gathers each pair's values straight from L and R instead, reusing the
+    match of L and R that the forward join computed.
+    """
+
+    left: Node
+    right: Node
+    cotangent: Node
+    pair_on: tuple[tuple[str, str], ...]
+    pair_keys: tuple[tuple[str, str, str], ...]  # the pairs' keys: (out, side of L/R, key)
+    on: tuple[tuple[str, str], ...]  # (pair key, cotangent key)
+    keys: tuple[tuple[str, str, str], ...]  # (out, "left" = pairs | "right" = cotangent, key)
+    kernel: Any  # Kernel of (vl, vr, c)
+    drops_keys: bool = False
+    pairs: Node | None = None  # the pack join it replaces (never computed): for run statistics
+    kind: ClassVar[str] = "join"
+
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return (self.left, self.right, self.cotangent)
+
+    def with_inputs(self, inputs) -> "PairJoin":
+        return replace(self, left=inputs[0], right=inputs[1], cotangent=inputs[2])
+
+    def params(self) -> dict[str, Any]:
+        on = ", ".join(f"{l}={r}" for l, r in self.on) or "(cross)"
+        keys = ", ".join(f"{o}<-{s}.{k}" for o, s, k in self.keys)
+        return {"pairs on": ", ".join(f"{l}={r}" for l, r in self.pair_on) or "(cross)",
+                "on": on, "keys": keys, "kernel": self.kernel.name}
+
+
+@dataclass(frozen=True, eq=False)
+class JoinAggregate(Node):
+    """``aggregate(join, by, "sum")`` in one step: the join's kernel runs inside the segment sum,
+    so its per-tuple outputs are never stored. ``join`` (a Join or PairJoin) is not computed on
+    its own; its inputs are this node's inputs."""
+
+    join: Node
+    by: tuple[str, ...]
+    kind: ClassVar[str] = "aggregate"
+
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return self.join.inputs
+
+    def with_inputs(self, inputs) -> "JoinAggregate":
+        from workbench.passes import _rebuild
+
+        return replace(self, join=_rebuild(self.join, inputs))
+
+    def params(self) -> dict[str, Any]:
+        return {**self.join.params(), "by": ", ".join(self.by) or "()", "kernel": "sum"}

@@ -18,7 +18,7 @@ from workbench import kernels as K
 from workbench.errors import PlanError
 from workbench.execute import Context, run as run_plan
 from workbench.ops import add_node, aggregate_node, join_node, select_node
-from workbench.plan import Add, Aggregate, Join, Node, Plan, Scan, Schema, Select, emitting_for, toposort
+from workbench.plan import Add, Aggregate, Join, Node, Plan, Plans, Scan, Schema, Select, emitting_for, toposort
 from workbench.relation import Relation
 from workbench.table import Table, empty_keys
 
@@ -287,9 +287,11 @@ def grad(f: Callable, argnums: int | Sequence[int] = 0):
     return lambda *rels: vg(*rels)[1]
 
 
-def plans(f: Callable, *rels: Relation, argnums: int | Sequence[int] = 0) -> tuple[Plan, Plan]:
+def plans(f: Callable, *rels: Relation, argnums: int | Sequence[int] = 0,
+          analyze: bool = False) -> Plans:
     """The forward plan of ``f`` and the backward plan that computes the gradients of ``argnums``.
-    A non-scalar output is seeded with a cotangent of ones."""
+    A non-scalar output is seeded with a cotangent of ones. With ``analyze``, both plans are run
+    and every node is annotated with its row count, wall time and output size (EXPLAIN ANALYZE)."""
     nums = _argnums(argnums, len(rels), "plans")
     leaves, out = _trace(f, rels, "plans")
     if out.keys or out.value_shape:
@@ -300,6 +302,13 @@ def plans(f: Callable, *rels: Relation, argnums: int | Sequence[int] = 0) -> tup
     nodes = backward(out.node, seed, [leaves[i].node for i in nums])
     nodes = [n if n is not None else _zero_gradient(leaves[i].node) for n, i in zip(nodes, nums)]
     names = _arg_names(f, len(rels))
-    forward = Plan((out.node,), ("out",), "forward")
-    back = Plan(tuple(nodes), tuple(f"grad {names[i]}" for i in nums), "backward")
-    return forward, back
+    stats = tables = None
+    if analyze:
+        ctx = Context(stats={})
+        run_plan([out.node], ctx)
+        run_plan(nodes, ctx)
+        stats, tables = ctx.stats, ctx.memo
+    forward = Plan((out.node,), ("out",), "forward", stats=stats, tables=tables)
+    back = Plan(tuple(nodes), tuple(f"grad {names[i]}" for i in nums), "backward",
+                forward=forward, stats=stats, tables=tables)
+    return Plans(forward, back)

@@ -124,16 +124,29 @@ def _match_keys(left, right, on, lkeys: pl.DataFrame, lheight: int, rkeys: pl.Da
         ri = np.tile(np.arange(rheight), lheight)
         frame = pl.concat([lk[li] if lk.width else pl.DataFrame(), rk[ri] if rk.width else pl.DataFrame()],
                           how="horizontal") if (lk.width or rk.width) else pl.DataFrame()
+    elif on and _aligned(lkeys, lheight, rkeys, rheight, on):
+        li = ri = np.arange(lheight)
+        frame = pl.concat([lk, rk], how="horizontal")
     else:
         lk, rk = lk.with_row_index("_l"), rk.with_row_index("_r")
         if on:
-            frame = lk.join(rk, left_on=["l:" + l for l, _ in on],
-                            right_on=["r:" + r for _, r in on], how="inner", coalesce=False)
+            frame = lk.join(rk, left_on=["l:" + l for l, _ in on], right_on=["r:" + r for _, r in on],
+                            how="inner", coalesce=False, maintain_order="left")
         else:
             frame = lk.join(rk, how="cross")
         li, ri = frame["_l"].to_numpy(), frame["_r"].to_numpy()
     ctx.matches[cache_key] = (li, ri, frame)
     return li, ri, frame
+
+
+def _aligned(lkeys: pl.DataFrame, lheight: int, rkeys: pl.DataFrame, rheight: int, on) -> bool:
+    """Whether the equi-join is the identity pairing: ``on`` covers every right key (unique per
+    tuple) and row i of both sides carries the same joined values, so row i matches row i only.
+    A backward plan often joins relations derived row by row from one forward match (inner joins
+    keep the left order), and this check costs a column comparison instead of a hash join."""
+    if lheight != rheight or {r for _, r in on} != set(rkeys.columns):
+        return False
+    return all(np.array_equal(lkeys[l].to_numpy(), rkeys[r].to_numpy()) for l, r in on)
 
 
 def _project(frame: pl.DataFrame, keys) -> pl.DataFrame:

@@ -14,6 +14,7 @@
 # ---
 
 # %% [markdown]
+#
 
 # %% [markdown]
 # # Forward and backward plans
@@ -53,7 +54,7 @@ print(backward.to_text())
 # %% [markdown]
 # ## Pictures
 # Shapes and colours tell the operators apart (scan: cylinder, select: rounded box, join:
-# hexagon, aggregate: trapezium, add: circle); backward nodes have a red border; edges carry the
+# hexagon, aggregate: trapezium, add: ellipse); backward nodes have a red border; edges carry the
 # schema that flows along them.
 
 # %%

@@ -119,6 +119,10 @@ def test_explain_analyze_reports_rows_time_and_size():
     back = bwd.to_text(analyze=True)
     assert back.count("rows=") == len([n for n in bwd.nodes() if n.is_backward])  # once per node
     assert "rows=" in bwd.to_dot(analyze=True)
+    # the packed pairs of the join RJP are never built: the executor gathers from the match
+    pairs = next(n for n in bwd.nodes() if n.label == "pairs")
+    assert bwd.stats[pairs].fused and pairs not in bwd.tables
+    assert re.search(r"B\d+ join pairs .*fused into its consumer", back)
     with pytest.raises(ValueError, match="analyze=True"):
         wb.plans(p.fn, *p.rels).forward.to_text(analyze=True)
 

@@ -25,7 +25,7 @@ STYLE = {
     "select": ("box", "#cfe2f3", "#e7f0f9"),
     "join": ("hexagon", "#fce5cd", "#fdf2e6"),
     "aggregate": ("invtrapezium", "#d9ead3", "#ecf4e9"),
-    "add": ("circle", "#ead1dc", "#f4e8ed"),
+    "add": ("ellipse", "#ead1dc", "#f4e8ed"),
 }
 BACKWARD_BORDER = "#b03a2e"  # backward nodes: a red border; forward nodes: a grey one
 FORWARD_BORDER = "#555555"
@@ -97,6 +97,8 @@ def stats_text(plan: Plan, node: Node) -> str | None:
     if not plan.stats or node not in plan.stats:
         return None
     st = plan.stats[node]
+    if st.fused:
+        return f"rows={st.rows}  fused into its consumer (no table of its own)"
     return f"rows={st.rows}  time={st.seconds * 1e3:.2f} ms  size={_fmt_bytes(st.nbytes)}"
 
 

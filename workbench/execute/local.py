@@ -26,6 +26,7 @@ class NodeStats:
     rows: int
     seconds: float
     nbytes: int
+    fused: bool = False  # computed inside a physical node: no time or table of its own
 
 
 @dataclass
@@ -182,7 +183,7 @@ def _fused(ctx: Context, node: Node | None, rows: int) -> None:
     """Statistics of a node a physical node computes inside itself: its rows; no time or bytes
     of its own (they are the physical node's)."""
     if ctx.stats is not None and node is not None:
-        ctx.stats.setdefault(node, NodeStats(rows, 0.0, 0))
+        ctx.stats.setdefault(node, NodeStats(rows, 0.0, 0, fused=True))
 
 
 def _join_parts(node: Node, inputs, ctx):

@@ -14,9 +14,6 @@
 # ---
 
 # %% [markdown]
-#
-
-# %% [markdown]
 # # Forward and backward plans
 #
 # A relational program is a plan: a DAG of TableScan, Select, Join and Aggregate nodes. The

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from workbench.plan import Node, Plan, Scan, toposort
+from workbench.plan import Node, Plan, toposort
 
 # ---- the visual language --------------------------------------------------------------------
 
@@ -62,17 +62,18 @@ def _name(node: Node) -> str:
     return getattr(node, "name", None) or node.label or ""
 
 
+def _shape(node: Node) -> str:
+    return "x".join(map(str, node.schema.value_shape)) or "scalar"
+
+
 def schema_text(node: Node) -> str:
-    s = node.schema
-    shape = "x".join(map(str, s.value_shape)) or "scalar"
-    return f"({', '.join(s.keys)}) -> {shape} {s.dtype}"
+    """Keys, value shape and dtype: ``(row, col) -> 3x4 float64``."""
+    return f"({', '.join(node.schema.keys)}) -> {_shape(node)} {node.schema.dtype}"
 
 
 def edge_text(node: Node) -> str:
     """The schema flowing along an edge, short: keys and value shape."""
-    s = node.schema
-    shape = "x".join(map(str, s.value_shape)) or "scalar"
-    return f"({', '.join(s.keys)}) {shape}"
+    return f"({', '.join(node.schema.keys)}) {_shape(node)}"
 
 
 def describe(node: Node) -> str:
@@ -85,12 +86,12 @@ def describe(node: Node) -> str:
     return f"{head}  {params}" if params else head
 
 
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n} B"
+    return f"{n:.1f} GB"
 
 
 def stats_text(plan: Plan, node: Node) -> str | None:
@@ -209,12 +210,13 @@ _HEADER = ('  graph [fontname="Helvetica", fontsize=11, nodesep=0.35, ranksep=0.
 
 
 def _edges(num: Numbering, nodes: Iterable[Node], dashed_from=lambda n: False) -> list[str]:
+    """Edges into ``nodes``, labelled with the schema; a join's inputs are marked L and R."""
     out = []
     for node in nodes:
         for i, inp in enumerate(node.inputs):
             attrs = [f"label={_q(' ' + edge_text(inp) + ' ')}"]
             if len(node.inputs) == 2 and node.kind == "join":
-                attrs.append(f'taillabel="", headlabel={_q("L" if i == 0 else "R")}, labelfontsize=8')
+                attrs.append(f'headlabel={_q("L" if i == 0 else "R")}, labelfontsize=8')
             if dashed_from(inp):
                 attrs.append('style=dashed, color="#7f8c8d"')
             out.append(f"  {num[inp]} -> {num[node]} [{', '.join(attrs)}];")

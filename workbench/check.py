@@ -17,10 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.plan import Scan
-from workbench.relation import Relation, from_frame, to_matrix
+from workbench.relation import Relation, to_matrix
 from workbench.rjp import _argnums, vjp
-from workbench.table import Table
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,7 @@ def dense(R: Relation, layout: str = "tensor") -> np.ndarray:
 
 def _random_like(out: Relation, rng) -> Relation:
     """A random cotangent with the keys of ``out``."""
-    return _with_values(out, rng.normal(size=out.table().values.shape))
+    return out.with_values(rng.normal(size=out.table().values.shape))
 
 
 def against_jax(f: Callable, twin: Callable, *rels: Relation, dense_args: Sequence | None = None,
@@ -104,7 +102,7 @@ def against_jax(f: Callable, twin: Callable, *rels: Relation, dense_args: Sequen
     rows = [_row("output", dense(out, out_layout), want_out, tol)]
     ct = _random_like(out, np.random.default_rng(seed)) if (out.keys or out.value_shape) else None
     if ct is None:
-        ct = Relation(Scan(out.schema, Table(out.table().keys, jnp.ones((1,), out.dtype)), name="1"))
+        ct = out.with_values(jnp.ones((1,)), name="1")
     grads = pullback(ct)
     want_grads = twin_vjp(jnp.asarray(dense(ct, out_layout), dtype=jnp.asarray(want_out).dtype))
     names = [getattr(r.node, "name", f"arg{i}") for i, r in enumerate(rels)]
@@ -113,14 +111,8 @@ def against_jax(f: Callable, twin: Callable, *rels: Relation, dense_args: Sequen
     return Report(title or f"{getattr(f, '__name__', 'program')}: RJP vs jax.vjp", tuple(rows))
 
 
-def _with_values(R: Relation, values) -> Relation:
-    """R's keys with other values (row i of ``values`` for row i of R's table)."""
-    table = Table(R.table().keys, jnp.asarray(values, R.dtype))
-    return Relation(Scan(R.schema, table, name=getattr(R.node, "name", "R")))
-
-
 def _shifted(R: Relation, direction: np.ndarray, eps: float) -> Relation:
-    return _with_values(R, R.table().values + eps * jnp.asarray(direction, R.dtype))
+    return R.with_values(R.table().values + eps * jnp.asarray(direction, R.dtype))
 
 
 def finite_differences(f: Callable, *rels: Relation, argnums: int | Sequence[int] | None = None,
@@ -138,7 +130,7 @@ def finite_differences(f: Callable, *rels: Relation, argnums: int | Sequence[int
     scalar = not (out.keys or out.value_shape)
     ct = None if scalar else _random_like(out, rng)
     if scalar:
-        ct = Relation(Scan(out.schema, Table(out.table().keys, jnp.ones((1,), out.dtype)), name="1"))
+        ct = out.with_values(jnp.ones((1,)), name="1")
     grads = pullback(ct)
     rows = []
     names = [getattr(r.node, "name", f"arg{i}") for i, r in enumerate(rels)]
@@ -151,7 +143,7 @@ def finite_differences(f: Callable, *rels: Relation, argnums: int | Sequence[int
         plus = [(_shifted(r, d, eps) if j == i else r) for j, r in enumerate(rels)]
         minus = [(_shifted(r, d, -eps) if j == i else r) for j, r in enumerate(rels)]
         fd = (project(f(*plus)) - project(f(*minus))) / (2 * eps)
-        rjp = float(np.sum(grads[i].to_tensor() * _with_values(rels[i], d).to_tensor()))  # <grad, d>
+        rjp = float(np.sum(grads[i].to_tensor() * rels[i].with_values(d).to_tensor()))  # <grad, d>
         err = abs(rjp - fd)
         rows.append(Row(f"<grad {names[i]}, d>", (), err, err / max(abs(fd), 1e-30), tol))
     name = title or getattr(f, "__name__", "program")

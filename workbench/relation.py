@@ -122,6 +122,37 @@ class Relation:
         out[idx] = np.asarray(t.values)
         return out
 
+    def with_values(self, values, name: str | None = None) -> "Relation":
+        """A stored relation with this one's keys and extents and other values: row i of
+        ``values`` for the i-th tuple of ``self.table()`` (e.g. a parameter after an update)."""
+        t = self.table()
+        values = jnp.asarray(values, self.dtype)
+        if values.shape != t.values.shape:
+            raise RelationError(f"with_values of relation '{self.name}': values of shape "
+                                f"{values.shape} for {t.height} tuples of shape {self.value_shape}; "
+                                f"expected {tuple(t.values.shape)}")
+        return Relation(Scan(self.schema, Table(t.keys, values), name=name or self.name))
+
+    def values_like(self, like: "Relation") -> jax.Array:
+        """This relation's values in the tuple order of ``like`` (same key names and value
+        shape), zeros where this relation has no tuple: a gradient lined up with its primal."""
+        if set(self.keys) != set(like.keys) or self.value_shape != like.value_shape:
+            raise RelationError(f"values_like: relation '{self.name}' {self.schema.describe()} does "
+                                f"not have the keys and value shape of '{like.name}' "
+                                f"{like.schema.describe()}")
+        t, lt = self.table(), like.table()
+        if not like.keys:
+            return t.values if t.height else jnp.zeros_like(lt.values)
+        mine = t.keys.select(like.keys)
+        if mine.equals(lt.keys):
+            return t.values
+        pairs = lt.keys.with_row_index("_l").join(mine.with_row_index("_r"), on=list(like.keys))
+        if pairs.height != t.height:
+            raise RelationError(f"values_like: relation '{self.name}' has {t.height - pairs.height} "
+                                f"tuple(s) whose keys '{like.name}' does not have")
+        rows = jnp.asarray(pairs["_l"].to_numpy())
+        return jnp.zeros_like(lt.values).at[rows].set(t.values[jnp.asarray(pairs["_r"].to_numpy())])
+
     def __len__(self) -> int:
         return self.table().height
 

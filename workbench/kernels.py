@@ -62,6 +62,10 @@ class Kernel:
 
     def output(self, shapes: Sequence[tuple[int, ...]], dtype: str, where: str) -> tuple[tuple[int, ...], str]:
         """Output (value shape, dtype) for arguments of ``shapes``; errors name ``where``."""
+        shapes = tuple(tuple(s) for s in shapes)
+        known = _SHAPES.get((self._key, self.arity, shapes, dtype))  # same code and captured values
+        if known is not None:
+            return known[1]
         args = [jax.ShapeDtypeStruct(s, dtype) for s in shapes]
         try:
             out = jax.eval_shape(self.fn, *args)
@@ -84,6 +88,8 @@ class Kernel:
             raise KernelError(
                 f"{where}: kernel '{self.name}' turns {dtype} values into {out.dtype}; mixed dtypes "
                 f"are refused. Keep the kernel in {dtype} (e.g. use jnp constants of that dtype).")
+        _SHAPES.get_or_make((self._key, self.arity, shapes, dtype),
+                            lambda: (self.fn, (tuple(out.shape), dtype)))  # keep fn alive: id() keys
         return tuple(out.shape), dtype
 
 
@@ -165,6 +171,8 @@ class _LRU(collections.OrderedDict):
 
 
 _COMPILED = _LRU(512)
+_SHAPES = _LRU(4096)  # output (shape, dtype) per kernel key and argument shapes: plans built per
+# training step trace each kernel once, not once per node
 
 
 # How argument i reaches the kernel: one value per output tuple, a gather of (values, rows), or

@@ -86,9 +86,13 @@ def get_model(name: str) -> Model:
 
 def pair_loss(m: Model, margin: float = 1.0) -> Callable:
     """The loss of one (positive score, negative score) pair."""
-    if m.margin_loss:
-        return lambda sp, sn: jax.nn.relu(margin - sp + sn)  # hinge: s_pos should beat s_neg by margin
-    return lambda sp, sn: jax.nn.softplus(-sp) + jax.nn.softplus(sn)  # -log sig(s_pos) - log sig(-s_neg)
+    def margin_ranking(sp, sn):
+        return jax.nn.relu(margin - sp + sn)  # hinge: s_pos should beat s_neg by the margin
+
+    def logistic(sp, sn):
+        return jax.nn.softplus(-sp) + jax.nn.softplus(sn)  # -log sig(s_pos) - log sig(-s_neg)
+
+    return margin_ranking if m.margin_loss else logistic
 
 
 # ---- data relations ---------------------------------------------------------------------------
@@ -125,10 +129,14 @@ def negatives_relation(triples: np.ndarray, corrupted: np.ndarray, n_entities: i
 
 # ---- the relational programs and their twins --------------------------------------------------
 
+def _embed(one, e):
+    return one * e  # the triple's value 1.0 times the entity's vector
+
+
 def scores(T: Relation, Entity: Relation, Rel: Relation, m: Model, head: str = "h",
            tail: str = "t") -> Relation:
     """S(keys of T) = score(Entity(head), Rel(r), Entity(tail)): three joins, keys of T kept."""
-    X = join(T, Entity, on={head: "e"}, kernel=lambda one, e: one * e)  # e_h
+    X = join(T, Entity, on={head: "e"}, kernel=_embed)  # e_h
     X = join(X, Rel, on={"r": "r"}, kernel=m.combine)  # e_h + w_r (TransE), e_h * w_r (DistMult)
     return join(X, Entity, on={tail: "e"}, kernel=m.score)
 

@@ -196,3 +196,13 @@ def test_training_on_nations_beats_random_embeddings(name, lr):
     assert h.metrics.mrr > 1.5 * h.initial.mrr and h.metrics.mrr > h.initial.mrr + 0.15
     assert h.metrics.hits_at_1 > h.initial.hits_at_1 + 0.1
     assert h.entity.keys == ("e",) and h.entity.value_shape == (32,)
+
+
+def test_training_on_user_files_without_a_test_split(tmp_path):
+    (tmp_path / "train.tsv").write_text("a\tr\tb\nb\tr\tc\nc\ts\ta\n")
+    T = knowledge.from_tsv(tmp_path / "train.tsv")
+    h = kge.train(T, model="distmult", dim=4, epochs=3, negatives=2)
+    assert len(h.losses) == 3 and h.metrics is None and h.initial is None
+    with pytest.raises(ValueError, match="'test' split"):
+        kge.evaluate("distmult", h.entity.to_tensor(), h.relation.to_tensor(), T)
+    assert kge.evaluate("distmult", h.entity.to_tensor(), h.relation.to_tensor(), T, "train").n_ranks == 6

@@ -217,8 +217,7 @@ def filtered_ranks(m: Model, E, W, queries: np.ndarray, known: np.ndarray,
                 ("tail", m.dense_score(eh, w, E[None]), _codes(h[:, None], r[:, None], cand, n_ent, n_rel), t),
                 ("head", m.dense_score(E[None], w, et), _codes(cand, r[:, None], t[:, None], n_ent, n_rel), h)):
             s = np.asarray(s)
-            pos = np.minimum(np.searchsorted(known_codes, codes), len(known_codes) - 1)
-            other = known_codes[pos] != codes  # candidates that are not known triples
+            other = ~np.isin(codes, known_codes)  # candidates that are not known triples
             target = s[np.arange(len(true)), true][:, None]
             greater = np.sum((s > target) & other, axis=1)
             equal = np.sum((s == target) & other, axis=1)
@@ -231,6 +230,9 @@ def evaluate(m: Model | str, E, W, triples: Triples, split: str = "test") -> Met
     """Filtered MRR and Hits@1/3/10 of embeddings ``E`` (entities x dim), ``W`` (relations x dim)
     on one split, the filter being every triple of every split."""
     m = get_model(m) if isinstance(m, str) else m
+    if len(triples.split(split)) == 0:
+        raise ValueError(f"evaluate: the '{split}' split of '{triples.name}' has no triples; "
+                         f"evaluate on another split (split='valid' or 'train')")
     return Metrics.from_ranks(filtered_ranks(m, E, W, triples.split(split), triples.known()))
 
 
@@ -248,8 +250,9 @@ class History:
     relation: Relation | None = None
 
     def summary(self) -> str:
+        loss = f", loss {self.losses[0]:.4f} -> {self.losses[-1]:.4f}" if self.losses else ""
         lines = [f"{self.model} on {self.dataset}: {len(self.losses)} epochs, "
-                 f"{sum(self.seconds):.1f} s, loss {self.losses[0]:.4f} -> {self.losses[-1]:.4f}"]
+                 f"{sum(self.seconds):.1f} s{loss}"]
         if self.initial is not None:
             lines.append(f"  random embeddings  {self.initial.row()}")
         if self.metrics is not None:
@@ -300,7 +303,9 @@ def train(triples: Triples, model: str = "transe", dim: int = 32, epochs: int = 
     Entity = from_tensor(E0, keys=("e",), dtype=dtype, name="Entity")
     Rel = from_tensor(W0, keys=("r",), dtype=dtype, name="Rel")
     history = History(m.name, triples.name)
-    history.initial = evaluate(m, Entity.to_tensor(), Rel.to_tensor(), triples, split)
+    scored = len(triples.split(split)) > 0  # no metrics for an empty split
+    if scored:
+        history.initial = evaluate(m, Entity.to_tensor(), Rel.to_tensor(), triples, split)
     opt = Adam(lr=lr)
     state = opt.init([Entity, Rel])
     train_set = triples.train
@@ -322,5 +327,6 @@ def train(triples: Triples, model: str = "transe", dim: int = 32, epochs: int = 
         history.losses.append(total / len(order))
         history.seconds.append(time.perf_counter() - start)
     history.entity, history.relation = Entity, Rel
-    history.metrics = evaluate(m, Entity.to_tensor(), Rel.to_tensor(), triples, split)
+    if scored:
+        history.metrics = evaluate(m, Entity.to_tensor(), Rel.to_tensor(), triples, split)
     return history

@@ -21,6 +21,8 @@ from workbench.errors import KernelError
 
 # Row counts at or above this are compiled exactly; below it they are padded to a bucket.
 _EXACT_FROM = 1 << 14  # (padding copies the whole array; compiling once per size is cheaper)
+# A keyless sum whose per-row outputs hold this many elements or more is compiled exactly too.
+_EXACT_SUM_FROM = 1 << 20
 
 
 def bucket(n: int) -> int:
@@ -302,6 +304,12 @@ def apply_sum(kernel: Kernel, args: Sequence[tuple[jax.Array, np.ndarray | None]
         return segment_sum(apply(kernel, args, shapes, dtype), ids, num_segments)
     dummies = tuple(jnp.zeros(s, dtype) for s in shapes)
     m = bucket(n)
+    if ids is None and m != n:
+        # the masked sum of padded rows stores every output (XLA does not fuse it): when that is
+        # large, compile for exactly n rows instead (e.g. a weight gradient, sum_i x_i g_i^T)
+        out_shape, _ = kernel.output(shapes, dtype, "apply_sum")
+        if n * int(np.prod(out_shape, dtype=np.int64)) >= _EXACT_SUM_FROM:
+            m = n
     arrays = _arrays(kernel, args, modes, m)
     fn = _batched_sum(kernel, modes)
     if ids is None:

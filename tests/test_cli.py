@@ -5,6 +5,7 @@ from workbench.cli import main
 def test_tour_runs_and_agrees(capsys):
     assert main(["tour"]) == 0
     out = capsys.readouterr().out
-    for title in ("blocked matrix multiply", "transpose", "GCN layer", "RJP vs jax.vjp"):
+    for title in ("blocked matrix multiply", "transpose", "GCN layer", "RJP vs jax.vjp",
+                  "karate club", "Les Misérables", "TransE on nations", "DistMult on nations"):
         assert title in out
     assert "MISMATCH" not in out and " NO" not in out

@@ -233,6 +233,11 @@ def _argnums(argnums, n: int, what: str) -> tuple[int, ...]:
     return tuple(a % n for a in nums)
 
 
+def _context(runner, stats: dict | None = None):
+    """A run's context: the local executor's, or the given runner's."""
+    return Context(stats=stats) if runner is None else runner.context(stats=stats)
+
+
 def _grad_relations(out: Relation, seed: Node, leaves: list[Relation], nums, ctx: Context):
     nodes = backward(out.node, seed, [leaves[i].node for i in nums])
     nodes = [n if n is not None else _zero_gradient(leaves[i].node) for n, i in zip(nodes, nums)]
@@ -245,10 +250,12 @@ def _grad_relations(out: Relation, seed: Node, leaves: list[Relation], nums, ctx
     return grads
 
 
-def vjp(f: Callable, *rels: Relation):
-    """``(out, pullback)``: ``pullback(G_out)`` returns one gradient relation per argument."""
+def vjp(f: Callable, *rels: Relation, runner=None):
+    """``(out, pullback)``: ``pullback(G_out)`` returns one gradient relation per argument.
+    ``runner`` (e.g. ``workbench.execute.ray.RayRunner``) runs both plans instead of the local
+    executor; so in ``value_and_grad``, ``grad`` and ``plans``."""
     leaves, out = _trace(f, rels, "vjp")
-    ctx = Context()
+    ctx = _context(runner)
     out._table = run_plan([out.node], ctx)[0]
 
     def pullback(cotangent: Relation):
@@ -268,27 +275,27 @@ def vjp(f: Callable, *rels: Relation):
     return out, pullback
 
 
-def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0):
+def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, runner=None):
     """``f(*rels) -> (loss, grads)``; grads is one relation, or a tuple when argnums is a tuple."""
     def run(*rels: Relation):
         nums = _argnums(argnums, len(rels), "value_and_grad")
         leaves, out = _trace(f, rels, "value_and_grad")
         _check_scalar(out, "grad")
-        ctx = Context()
+        ctx = _context(runner)
         out._table = run_plan([out.node], ctx)[0]
         grads = _grad_relations(out, _seed(out.node), leaves, nums, ctx)
         return out, (grads[0] if isinstance(argnums, int) else tuple(grads))
     return run
 
 
-def grad(f: Callable, argnums: int | Sequence[int] = 0):
+def grad(f: Callable, argnums: int | Sequence[int] = 0, runner=None):
     """The gradient of a scalar relational loss with respect to the ``argnums`` arguments."""
-    vg = value_and_grad(f, argnums)
+    vg = value_and_grad(f, argnums, runner)
     return lambda *rels: vg(*rels)[1]
 
 
 def plans(f: Callable, *rels: Relation, argnums: int | Sequence[int] = 0,
-          analyze: bool = False) -> Plans:
+          analyze: bool = False, runner=None) -> Plans:
     """The forward plan of ``f`` and the backward plan that computes the gradients of ``argnums``.
     A non-scalar output is seeded with a cotangent of ones. With ``analyze``, both plans are run
     and every node is annotated with its row count, wall time and output size (EXPLAIN ANALYZE)."""
@@ -304,7 +311,7 @@ def plans(f: Callable, *rels: Relation, argnums: int | Sequence[int] = 0,
     names = _arg_names(f, len(rels))
     stats = tables = None
     if analyze:
-        ctx = Context(stats={})
+        ctx = _context(runner, stats={})
         run_plan([out.node], ctx)
         run_plan(nodes, ctx)
         stats, tables = ctx.stats, ctx.memo

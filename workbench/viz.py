@@ -100,7 +100,10 @@ def stats_text(plan: Plan, node: Node) -> str | None:
     st = plan.stats[node]
     if st.fused:
         return f"rows={st.rows}  fused into its consumer (no table of its own)"
-    return f"rows={st.rows}  time={st.seconds * 1e3:.2f} ms  size={_fmt_bytes(st.nbytes)}"
+    text = f"rows={st.rows}  time={st.seconds * 1e3:.2f} ms  size={_fmt_bytes(st.nbytes)}"
+    if st.partitions is not None:  # rows per partition, on a partitioned runner
+        text += f"  partitions={list(st.partitions)}"
+    return text
 
 
 # ---- text -----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Executors run plans. ``run`` rewrites a plan (``workbench.passes``) and runs it on the local
-executor (Polars for keys, JAX for values); results and statistics are filed under the logical
+executor (Polars for keys, JAX for values), or on the executor whose context it is given (the
+partitioned runner of ``workbench.execute.ray``); results and statistics are filed under the logical
 nodes too, so a later plan that reads a logical node (a backward plan reading a forward
 intermediate) finds it computed."""
 from __future__ import annotations
@@ -14,6 +15,8 @@ def run(outputs: Sequence[Node], ctx: Context | None = None, optimize: bool = Tr
     from workbench import passes
 
     ctx = ctx if ctx is not None else Context()
+    if not isinstance(ctx, Context):  # another executor's context (RayRunner.context()) runs it
+        return ctx.run(outputs, optimize=optimize)
     if not optimize:
         return execute(list(outputs), ctx)
     physical, mapping = passes.optimize(outputs)

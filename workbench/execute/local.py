@@ -27,6 +27,7 @@ class NodeStats:
     seconds: float
     nbytes: int
     fused: bool = False  # computed inside a physical node: no time or table of its own
+    partitions: tuple[int, ...] | None = None  # rows per partition, on a partitioned runner
 
 
 @dataclass

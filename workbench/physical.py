@@ -67,3 +67,41 @@ class JoinAggregate(Node):
 
     def params(self) -> dict[str, Any]:
         return {**self.join.params(), "by": ", ".join(self.by) or "()", "kernel": "sum"}
+
+
+@dataclass(frozen=True, eq=False)
+class SpMM(Node):
+    """``Y(out_key = r) = sum_c E(r, c) * X(c)``: a join-then-sum whose kernel scales the other
+    side's value by the edge's scalar weight, run as a sparse matrix product (``workbench.sparse``).
+
+    ``edge`` holds two keys and scalar values; M[r, c] is its weight at ``row_key`` = r,
+    ``col_key`` = c. ``dense`` has one key, matched with c. A row appears when it has an edge to
+    a key of ``dense`` and, when ``rows`` is given, is a key of ``rows`` (one key), as in the
+    backward A^T G, whose edges are those the forward join matched. ``replaces`` holds the joins
+    it computes inside itself (never computed on their own), for run statistics.
+    """
+
+    edge: Node
+    dense: Node
+    rows: Node | None
+    row_key: str
+    col_key: str
+    out_key: str
+    replaces: tuple[Node, ...] = ()
+    kind: ClassVar[str] = "aggregate"
+
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return (self.edge, self.dense) + ((self.rows,) if self.rows is not None else ())
+
+    def with_inputs(self, inputs) -> "SpMM":
+        return replace(self, edge=inputs[0], dense=inputs[1],
+                       rows=inputs[2] if self.rows is not None else None)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        s = self.edge.schema
+        return (s.extent_of(self.row_key), s.extent_of(self.col_key))
+
+    def params(self) -> dict[str, Any]:
+        return {"matrix": f"{self.row_key} x {self.col_key}", "by": self.out_key, "kernel": "spmm"}

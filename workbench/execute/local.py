@@ -17,7 +17,7 @@ import polars as pl
 from workbench import kernels as K
 from workbench.errors import PlanError
 from workbench.plan import Add, Aggregate, Join, Node, Scan, Select, toposort
-from workbench.physical import JoinAggregate, PairJoin
+from workbench.physical import JoinAggregate, PairJoin, SpMM
 from workbench.table import Table, empty_keys
 
 
@@ -178,6 +178,20 @@ def _join_aggregate(node: JoinAggregate, inputs, ctx) -> Table:
     else:
         ids, out, g = None, pl.DataFrame(), 1
     return Table(out, K.apply_sum(node.join.kernel, args, shapes, node.schema.dtype, ids, g))
+
+
+@run_node.register
+def _spmm(node: SpMM, inputs, ctx) -> Table:
+    from workbench import sparse
+
+    rows = inputs[2] if node.rows is not None else None
+    args = (inputs[0], node.row_key, node.col_key, node.shape, inputs[1], node.out_key, rows)
+    if ctx.stats is None:
+        return sparse.spmm(*args)
+    table, matched = sparse.spmm(*args, count=True)
+    for join in node.replaces:  # one tuple per matched edge, never formed
+        _fused(ctx, join, matched)
+    return table
 
 
 def _fused(ctx: Context, node: Node | None, rows: int) -> None:

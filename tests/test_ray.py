@@ -11,6 +11,7 @@ import workbench as wb
 from workbench import programs
 from workbench.datasets import graphs
 from workbench.models import gcn
+from workbench.physical import JoinAggregate, PairJoin
 
 ray = pytest.importorskip("ray")
 from workbench.execute.ray import RayRunner  # noqa: E402
@@ -128,3 +129,6 @@ def test_explain_analyze_shows_rows_per_partition(runner):
     assert "partitions=[" in text
     for node, st in plans.forward.stats.items():
         assert len(st.partitions) == P and sum(st.partitions) == st.rows
+    # the join RJPs ran as the partitioned physical nodes, not as packed pairs
+    assert any(isinstance(n, PairJoin) for n in plans.backward.stats)
+    assert any(isinstance(n, JoinAggregate) for n in plans.backward.stats)

@@ -16,11 +16,13 @@ keyless relation (``by = ()``) lives in partition 0.
                and a final sum (mean = sum / count)
     add        per partition over terms hashed alike (re-hashing the others first)
 
-The runner runs the logical plan: its rewrites are ``RULES`` below (dropping identity selects and
-sharing common subexpressions), not the local executor's fusions into physical nodes, whose
-three-input and fused forms need a partitioning of their own. Forward results stay partitioned in
-the run's context, so a backward plan reads them (and the shuffles of them a forward join made)
-without recomputing; only the outputs asked for are gathered into one Table.
+The runner's rewrites are its own ``RULES``: the logical ones (identity selects dropped, common
+subexpressions shared) and the join RJP's physical nodes where they partition, a PairJoin when L,
+R and the cotangent can be hashed alike (or a weight broadcast) and a JoinAggregate (the local one
+per partition gives partial sums, shuffled on the group keys and summed). The local executor's
+other physical nodes (sparse products over a whole relation) are not used here. Forward results
+stay partitioned in the run's context, so a backward plan reads them (and the shuffles of them a
+forward join made) without recomputing; only the outputs asked for are gathered into one Table.
 
     with RayRunner(partitions=4) as runner:
         loss, grads = runner.value_and_grad(f, argnums=(1, 2))(*rels)
@@ -33,6 +35,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
@@ -49,10 +52,34 @@ import ray  # noqa: E402
 from workbench import passes  # noqa: E402
 from workbench.errors import PlanError  # noqa: E402
 from workbench.execute.local import Context, NodeStats, _check_unique, _name, run_node  # noqa: E402
+from workbench.physical import JoinAggregate, PairJoin  # noqa: E402
 from workbench.plan import Add, Aggregate, Join, Node, Scan, Schema, Select, toposort  # noqa: E402
 from workbench.table import Table, empty_keys  # noqa: E402
 
-RULES = (passes.drop_identity_selects, passes.common_subexpressions)  # logical rewrites only
+
+
+def fuse_partitionable_pair_joins(outputs):
+    """``passes.fuse_pair_joins`` where the runner can co-partition L, R and the cotangent (a join
+    RJP whose pairs keep the join keys, or a weight broadcast to every partition)."""
+    from workbench import kernels as K
+
+    def visit(node: Node) -> Node:
+        if not (isinstance(node, Join) and isinstance(node.left, Join) and K.is_pack(node.left.kernel)):
+            return node
+        kernel = K.unpacked_join_vjp(node.kernel)
+        if kernel is None:
+            return node
+        T = node.left
+        fused = PairJoin(node.schema, T.left, T.right, node.right, T.on, T.keys, node.on, node.keys,
+                         kernel, node.drops_keys, T, label=node.label, origin=node.origin)
+        return fused if _pair_columns(fused) is not None else node
+    return passes._map_nodes(outputs, visit)
+
+
+# The runner's rewrites: the logical ones, and the join RJP's physical nodes where partitionable
+# (not the local executor's other physical nodes, which need partitionings of their own).
+RULES = (passes.drop_identity_selects, passes.common_subexpressions, fuse_partitionable_pair_joins,
+         passes.fuse_join_aggregates)
 
 # ---- pieces: one partition's (key frame, values[, counts]) ----------------------------------------
 
@@ -247,7 +274,15 @@ def _stub(node: Node) -> Node:
     """``node`` as a task needs it: inputs replaced by data-less scans of their schema, no origin
     (so shipping it does not ship the plan above it)."""
     stubs = [Scan(i.schema, None, name=_name(i)) for i in node.inputs]
-    return replace(passes._rebuild(node, stubs) if node.inputs else node, origin=None)
+    node = passes._rebuild(node, stubs) if node.inputs else node
+    if isinstance(node, JoinAggregate):
+        node = replace(node, join=_strip(node.join))
+    return _strip(node)
+
+
+def _strip(node: Node) -> Node:
+    """Without the references a task never reads (origin; the pack join a PairJoin replaced)."""
+    return replace(node, origin=None, **({"pairs": None} if isinstance(node, PairJoin) else {}))
 
 
 class RayRunner:
@@ -273,7 +308,9 @@ class RayRunner:
             ray_constants.ENABLE_RAY_CLUSTER = False  # loopback stays loopback (see the top)
             args = dict(num_cpus=self.num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
                         log_to_driver=False, configure_logging=False)
-            ray.init(**{**args, **self.ray_init})
+            with warnings.catch_warnings():  # Ray starts its servers by fork+exec: no JAX state is shared
+                warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+                ray.init(**{**args, **self.ray_init})
             self._started = True
         ray.util.register_serializer(type(jnp.matmul), serializer=_jitted_reference,
                                      deserializer=_jitted_restore)
@@ -460,12 +497,13 @@ def _join_by(node: Join, side: str, by: tuple[str, ...]) -> tuple[str, ...] | No
     return None if any(n is None for n in names) else tuple(names)
 
 
-@_run.register
-def _join(node: Join, inputs, runner, ctx) -> Partitioned:
+def _join_layout(node: Join, inputs, runner, ctx):
+    """How a join's inputs meet: (pieces per input per partition, the output's hash columns or
+    None, whether only partition 0 holds data)."""
     L, R = inputs
     lkeyless, rkeyless = not node.left.schema.keys, not node.right.schema.keys
     if lkeyless and rkeyless:
-        return runner.apply(node, [[[p] for p in L.parts], [[p] for p in R.parts]], (), only_first=True)
+        return [[[p] for p in L.parts], [[p] for p in R.parts]], (), True
     if lkeyless or rkeyless or not node.on:
         # broadcast: a keyless side (its one tuple is in partition 0) or the smaller side
         if lkeyless or rkeyless:
@@ -478,16 +516,90 @@ def _join(node: Join, inputs, runner, ctx) -> Partitioned:
         local = [[p] for p in kept.parts]
         bcast = [whole] * runner.partitions
         by = _keyless_output(node, _join_by(node, kside, kept.by)) if kept.by else None
-        args = [bcast, local] if bside == "left" else [local, bcast]
-        return runner.apply(node, args, by)
+        return ([bcast, local] if bside == "left" else [local, bcast]), by, False
     lcols, rcols = tuple(l for l, _ in node.on), tuple(r for _, r in node.on)
     partner = dict(node.on)
     if L.by and set(L.by) <= set(lcols) and R.by == tuple(partner[b] for b in L.by):
         lcols, rcols = L.by, R.by  # already co-partitioned on a subset of the join keys
     left = runner.shuffle(node.left, L, lcols, ctx)
     right = runner.shuffle(node.right, R, rcols, ctx)
-    by = _keyless_output(node, _join_by(node, "left", lcols))
-    return runner.apply(node, [left, right], by)
+    return [left, right], _keyless_output(node, _join_by(node, "left", lcols)), False
+
+
+def _pair_columns(node: PairJoin):
+    """How a PairJoin is partitioned: hash columns of (L, R, C), None for a broadcast side, and
+    the pairs' hash columns; or None when the pairs cannot be co-partitioned with C (then the
+    runner leaves the join RJP unfused)."""
+    name = {(s, k): o for o, s, k in node.pair_keys}  # (side, key) -> the pairs' key name
+    for l, r in node.pair_on:
+        name.setdefault(("right", r), name[("left", l)])
+    ckey = dict(node.on)  # pair key -> C key
+    lkeys, rkeys = node.left.schema.keys, node.right.schema.keys
+    if not node.cotangent.schema.keys or (not lkeys and not rkeys):
+        return None
+    if not lkeys or not rkeys:  # a keyless side (a weight) is broadcast
+        side, keys = ("left", lkeys) if lkeys else ("right", rkeys)
+        cols = tuple(k for k in keys if name[(side, k)] in ckey)
+        if not cols:
+            return None
+        pcols = tuple(name[(side, k)] for k in cols)
+        return ((cols, None) if side == "left" else (None, cols)) + (tuple(ckey[c] for c in pcols), pcols)
+    if not node.pair_on or any(name[("left", l)] not in ckey for l, _ in node.pair_on):
+        return None
+    pcols = tuple(name[("left", l)] for l, _ in node.pair_on)
+    return (tuple(l for l, _ in node.pair_on), tuple(r for _, r in node.pair_on),
+            tuple(ckey[c] for c in pcols), pcols)
+
+
+def _pair_layout(node: PairJoin, inputs, runner, ctx):
+    lcols, rcols, ccols, pcols = _pair_columns(node)
+    layout = []
+    for n, rel, cols in zip(node.inputs, inputs, (lcols, rcols, ccols)):
+        layout.append([[rel.parts[0]]] * runner.partitions if cols is None else runner.shuffle(n, rel, cols, ctx))
+    out = {}
+    for o, side, k in node.keys:  # side "left": a pair key; "right": a key of C
+        out.setdefault(k if side == "left" else next((p for p, c in node.on if c == k), None), o)
+    by = tuple(out.get(c) for c in pcols)
+    return layout, (None if None in by else _keyless_output(node, by)), False
+
+
+def _layout(node, inputs, runner, ctx):
+    return (_pair_layout if isinstance(node, PairJoin) else _join_layout)(node, inputs, runner, ctx)
+
+
+@_run.register
+def _join(node: Join, inputs, runner, ctx) -> Partitioned:
+    layout, by, only_first = _join_layout(node, inputs, runner, ctx)
+    return runner.apply(node, layout, by, only_first)
+
+
+@_run.register
+def _pair_join(node: PairJoin, inputs, runner, ctx) -> Partitioned:
+    layout, by, only_first = _pair_layout(node, inputs, runner, ctx)
+    return runner.apply(node, layout, by, only_first)
+
+
+@_run.register
+def _join_aggregate(node: JoinAggregate, inputs, runner, ctx) -> Partitioned:
+    """The local JoinAggregate per partition of its join; unless the join's output hash columns
+    lie within the group keys, those are partial sums, shuffled on the group keys and summed."""
+    layout, by, only_first = _layout(node.join, inputs, runner, ctx)
+    if only_first or (node.by and by and set(by) <= set(node.by)):
+        return runner.apply(node, layout, by if node.by else (), only_first)
+    stub = ray.put(_stub(node))
+    counts = tuple(len(inp[0]) for inp in layout)
+    P = runner.partitions
+    partial = [_apply_task.remote(stub, runner._x64, counts, *[r for inp in layout for r in inp[p]])[0]
+               for p in range(P)]
+    maps = [_split_task.options(num_returns=P).remote(p, node.by, P) for p in partial]
+    maps = [[m] if P == 1 else list(m) for m in maps]
+    final = ray.put(_stub(Aggregate(node.schema, node, node.by, "sum")))
+    out = [_final_task.remote(final, runner._x64, False, *[m[p] for m in maps])
+           for p in range(P if node.by else 1)]
+    parts, metas = [o[0] for o in out], [o[1] for o in out]
+    if not node.by:
+        return runner._pad(node.schema, (), parts, metas)
+    return Partitioned(node.schema, node.by, parts, metas)
 
 
 @_run.register

@@ -28,13 +28,15 @@ from workbench.table import Table
 
 @dataclass
 class CSR:
-    """One orientation of an edge table: the scipy matrix, its arrays on the JAX side, the edge
-    list (rows, cols) in CSR order, and facts the product reuses."""
+    """One orientation of an edge table: the scipy matrix; on the JAX side its rows that hold
+    entries only (``indptr`` over ``nonempty``), so the product has exactly the output rows; the
+    row of each entry in CSR order, and facts the product reuses."""
 
     matrix: sp.csr_matrix
     data: jax.Array
     indices: jax.Array
-    indptr: jax.Array
+    indptr: jax.Array  # over the rows in ``nonempty``
+    nonempty: np.ndarray  # the rows with at least one entry, ascending
     rows: np.ndarray  # row of each stored entry, CSR order
     has_entries: np.ndarray  # bool per row: at least one edge
     finite: bool  # every weight finite (so 0 * w == 0 for a missing column)
@@ -58,9 +60,11 @@ def _entries(edge: Table) -> dict:
 
 def _from_matrix(m: sp.csr_matrix) -> CSR:
     m.sort_indices()
-    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
-    return CSR(m, jnp.asarray(m.data), jnp.asarray(m.indices.astype(np.int32)),
-               jnp.asarray(m.indptr.astype(np.int32)), rows, np.diff(m.indptr) > 0,
+    counts = np.diff(m.indptr)
+    nonempty = np.flatnonzero(counts)
+    indptr = np.concatenate([[0], np.cumsum(counts[nonempty])]).astype(np.int32)
+    return CSR(m, jnp.asarray(m.data), jnp.asarray(m.indices.astype(np.int32)), jnp.asarray(indptr),
+               nonempty, np.repeat(np.arange(m.shape[0]), counts), counts > 0,
                bool(np.isfinite(m.data).all()))
 
 
@@ -82,6 +86,11 @@ def csr(edge: Table, row_key: str, col_key: str, shape: tuple[int, int], dtype: 
 @functools.partial(jax.jit, static_argnames=("shape",))
 def _matmul(data, indices, indptr, x, shape):
     return jsparse.BCSR((data, indices, indptr), shape=shape) @ x
+
+
+@functools.partial(jax.jit, static_argnames=("shape",))
+def _matmul_rows(data, indices, indptr, x, rows, shape):
+    return (jsparse.BCSR((data, indices, indptr), shape=shape) @ x)[rows]
 
 
 @jax.jit
@@ -132,11 +141,15 @@ def spmm(edge: Table, row_key: str, col_key: str, shape: tuple[int, int], dense:
         if not allowed.all():
             has = has & allowed
             hit = allowed[M.rows] if hit is None else hit & allowed[M.rows]
-    y = _matmul(M.data, M.indices, M.indptr, x, shape=(n_rows, n_cols)) if M.matrix.nnz else (
-        jnp.zeros((n_rows, flat.shape[1]), flat.dtype))
-    out = np.flatnonzero(has)
-    if len(out) != n_rows:
-        y = y[jnp.asarray(out)]
+    out = np.flatnonzero(has)  # a subset of M.nonempty
+    compressed = (len(M.nonempty), n_cols)
+    if not len(out):
+        y = jnp.zeros((0, flat.shape[1]), flat.dtype)
+    elif len(out) == len(M.nonempty):
+        y = _matmul(M.data, M.indices, M.indptr, x, shape=compressed)
+    else:
+        at = jnp.asarray(np.searchsorted(M.nonempty, out).astype(np.int32))
+        y = _matmul_rows(M.data, M.indices, M.indptr, x, at, shape=compressed)
     table = Table(pl.DataFrame({out_key: out.astype(np.int64)}), y.reshape((len(out), *value_shape)))
     if count:
         return table, int(M.matrix.nnz if hit is None else np.count_nonzero(hit))

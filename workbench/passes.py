@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Sequence
 
+from workbench.kernels import _LRU
 from workbench.plan import Add, Aggregate, Join, Node, Scan, Select, toposort
 
 
@@ -143,12 +144,11 @@ def _scaling(kernel, shapes, dtype: str, scalar: int, value: int) -> bool:
     shape (): its jaxpr, pruned to what the output depends on, is one ``mul`` of those two
     arguments (other arguments unused). Decided from the traced program, never from names."""
     key = (kernel._key, kernel.arity, tuple(map(tuple, shapes)), dtype, scalar, value)
-    if key not in _SCALING:
-        _SCALING[key] = (kernel.fn, _trace_scaling(kernel.fn, shapes, dtype, scalar, value))
-    return _SCALING[key][1]
+    return _SCALING.get_or_make(key, lambda: (kernel.fn, _trace_scaling(kernel.fn, shapes, dtype,
+                                                                        scalar, value)))
 
 
-_SCALING: dict = {}  # kernel key -> (fn kept alive for its id()-based key, verdict)
+_SCALING = _LRU(1024)  # kernel key -> (fn, kept alive for its id()-based key; verdict)
 
 
 def _trace_scaling(fn, shapes, dtype: str, scalar: int, value: int) -> bool:

@@ -5,7 +5,8 @@ A relation is P partitions in Ray's object store, each a (key frame, values) pie
 tuple of its key columns (``by``): tuples with equal ``by`` values share a partition, and a
 keyless relation (``by = ()``) lives in partition 0.
 
-    scan       split by a hash of all its keys (on the driver), each piece put in the store
+    scan       split by a hash of all its keys (on the driver), each piece put in the store; a
+               Table is split (and shuffled) once per runner while it lives, however often scanned
     select     per partition; when the select renames the partitioning keys away it is re-hashed
                on its output keys (checking that they stay unique)
     join       a hash shuffle of both sides on the join keys (map tasks with num_returns=P, the
@@ -36,6 +37,7 @@ import functools
 import os
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
@@ -299,6 +301,7 @@ class RayRunner:
         self.num_cpus = num_cpus
         self.ray_init = ray_init
         self._started = False
+        self._stored: dict = {}  # id(scanned Table) -> {hash columns: pieces per partition}
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> "RayRunner":
@@ -320,6 +323,7 @@ class RayRunner:
         self.close()
 
     def close(self) -> None:
+        self._stored.clear()
         if self._started:
             ray.shutdown()
             self._started = False
@@ -386,13 +390,29 @@ class RayRunner:
         ``ctx`` for later readers). The reduce side is left to the consumer (one list per part)."""
         if rel.by == cols:
             return [[p] for p in rel.parts]
-        key = (node, cols)
-        if key not in ctx.shuffles:
-            P = self.partitions
-            maps = [_split_task.options(num_returns=P).remote(p, cols, P) for p in rel.parts]
-            maps = [[m] if P == 1 else list(m) for m in maps]
-            ctx.shuffles[key] = [[m[p] for m in maps] for p in range(P)]
-        return ctx.shuffles[key]
+        if isinstance(node, Scan):  # stored data: hashed once per runner, whatever run reads it
+            return self.stored(node.table, cols, lambda: self._hash_split(rel, cols))
+        if (node, cols) not in ctx.shuffles:
+            ctx.shuffles[(node, cols)] = self._hash_split(rel, cols)
+        return ctx.shuffles[(node, cols)]
+
+    def _hash_split(self, rel: Partitioned, cols: tuple[str, ...]) -> list:
+        """The map side of a shuffle: for each partition, its pieces from every input partition."""
+        P = self.partitions
+        maps = [_split_task.options(num_returns=P).remote(p, cols, P) for p in rel.parts]
+        maps = [[m] if P == 1 else list(m) for m in maps]
+        return [[m[p] for m in maps] for p in range(P)]
+
+    def stored(self, table: Table, cols, make):
+        """The partitioning of a scanned Table on ``cols``, made once and kept while the Table
+        lives: constants (edges, labels) and arguments rescanned every step are not re-split."""
+        entry = self._stored.get(id(table))
+        if entry is None or entry[0]() is not table:
+            entry = (weakref.ref(table, lambda _, k=id(table): self._stored.pop(k, None)), {})
+            self._stored[id(table)] = entry
+        if cols not in entry[1]:
+            entry[1][cols] = make()
+        return entry[1][cols]
 
     def apply(self, node: Node, inputs: list[list[list]], by: tuple[str, ...] | None,
               only_first: bool = False) -> Partitioned:
@@ -452,11 +472,12 @@ def _run(node: Node, inputs: list[Partitioned], runner: RayRunner, ctx: RayConte
 
 @_run.register
 def _scan(node: Scan, inputs, runner, ctx) -> Partitioned:
-    t = node.table
-    piece = _from_table(t)
     by = node.schema.keys  # hashed on all keys; a keyless relation lands in partition 0
-    pieces = _partition(piece, by, runner.partitions)
-    return Partitioned(node.schema, by, [ray.put(p) for p in pieces], [_meta(p) for p in pieces])
+
+    def split() -> Partitioned:
+        pieces = _partition(_from_table(node.table), by, runner.partitions)
+        return Partitioned(node.schema, by, [ray.put(p) for p in pieces], [_meta(p) for p in pieces])
+    return replace(runner.stored(node.table, None, split), schema=node.schema)
 
 
 def _renamed(by: tuple[str, ...], pairs) -> tuple[str, ...] | None:

@@ -88,25 +88,29 @@ def common_subexpressions(outputs: Sequence[Node]) -> dict[Node, Node]:
     return _map_nodes(outputs, visit)
 
 
+def as_pair_join(node: Node):
+    """The PairJoin that computes ``node`` when it joins a join RJP's packed pairs with the
+    cotangent (``join(join(L, R, kernel=pack), C, kernel=vjp)``), else None."""
+    from workbench import kernels as K
+    from workbench.physical import PairJoin
+
+    if not (isinstance(node, Join) and isinstance(node.left, Join) and K.is_pack(node.left.kernel)):
+        return None
+    kernel = K.unpacked_join_vjp(node.kernel)
+    if kernel is None:
+        return None
+    T = node.left
+    return PairJoin(node.schema, T.left, T.right, node.right, T.on, T.keys, node.on, node.keys,
+                    kernel, node.drops_keys, T, label=node.label, origin=node.origin)
+
+
 def fuse_pair_joins(outputs: Sequence[Node]) -> dict[Node, Node]:
     """join(join(L, R, kernel=pack), C, kernel=vjp) -> PairJoin(L, R, C): the join RJP's packed
     pairs are never built; each pair's values are gathered from L and R where the vjp reads them.
 
     >>> join(pairs(L, R), G_S, kernel=vjp_left(f))   # -> PairJoin(L, R, G_S, kernel=vjp_left(f))
     """
-    from workbench import kernels as K
-    from workbench.physical import PairJoin
-
-    def visit(node: Node) -> Node:
-        if not (isinstance(node, Join) and isinstance(node.left, Join) and K.is_pack(node.left.kernel)):
-            return node
-        kernel = K.unpacked_join_vjp(node.kernel)
-        if kernel is None:
-            return node
-        T = node.left
-        return PairJoin(node.schema, T.left, T.right, node.right, T.on, T.keys, node.on, node.keys,
-                        kernel, node.drops_keys, T, label=node.label, origin=node.origin)
-    return _map_nodes(outputs, visit)
+    return _map_nodes(outputs, lambda node: as_pair_join(node) or node)
 
 
 def fuse_join_aggregates(outputs: Sequence[Node]) -> dict[Node, Node]:

@@ -63,18 +63,9 @@ from workbench.table import Table, empty_keys  # noqa: E402
 def fuse_partitionable_pair_joins(outputs):
     """``passes.fuse_pair_joins`` where the runner can co-partition L, R and the cotangent (a join
     RJP whose pairs keep the join keys, or a weight broadcast to every partition)."""
-    from workbench import kernels as K
-
     def visit(node: Node) -> Node:
-        if not (isinstance(node, Join) and isinstance(node.left, Join) and K.is_pack(node.left.kernel)):
-            return node
-        kernel = K.unpacked_join_vjp(node.kernel)
-        if kernel is None:
-            return node
-        T = node.left
-        fused = PairJoin(node.schema, T.left, T.right, node.right, T.on, T.keys, node.on, node.keys,
-                         kernel, node.drops_keys, T, label=node.label, origin=node.origin)
-        return fused if _pair_columns(fused) is not None else node
+        fused = passes.as_pair_join(node)
+        return fused if fused is not None and _pair_columns(fused) is not None else node
     return passes._map_nodes(outputs, visit)
 
 

@@ -606,12 +606,7 @@ def _join_aggregate(node: JoinAggregate, inputs, runner, ctx) -> Partitioned:
     maps = [_split_task.options(num_returns=P).remote(p, node.by, P) for p in partial]
     maps = [[m] if P == 1 else list(m) for m in maps]
     final = ray.put(_stub(Aggregate(node.schema, node, node.by, "sum")))
-    out = [_final_task.remote(final, runner._x64, False, *[m[p] for m in maps])
-           for p in range(P if node.by else 1)]
-    parts, metas = [o[0] for o in out], [o[1] for o in out]
-    if not node.by:
-        return runner._pad(node.schema, (), parts, metas)
-    return Partitioned(node.schema, node.by, parts, metas)
+    return _final_sums(node, final, False, maps, runner)
 
 
 @_run.register
@@ -626,8 +621,14 @@ def _aggregate(node: Aggregate, inputs, runner, ctx) -> Partitioned:
     partial, mean = ray.put(_stub(replace(node, kernel="sum"))), node.kernel == "mean"
     maps = [_partial_task.options(num_returns=P).remote(partial, runner._x64, mean, P, p) for p in R.parts]
     maps = [[m] if P == 1 else list(m) for m in maps]
-    n_out = P if node.by else 1  # a keyless result: one group, in partition 0
-    out = [_final_task.remote(partial, runner._x64, mean, *[m[p] for m in maps]) for p in range(n_out)]
+    return _final_sums(node, partial, mean, maps, runner)
+
+
+def _final_sums(node: Node, final, mean: bool, maps: list, runner) -> Partitioned:
+    """Sum the partial sums shuffled to each partition (``maps[i][p]``: map i's share for p),
+    grouped by ``node.by``; a keyless result is one group, in partition 0."""
+    n_out = runner.partitions if node.by else 1
+    out = [_final_task.remote(final, runner._x64, mean, *[m[p] for m in maps]) for p in range(n_out)]
     parts, metas = [o[0] for o in out], [o[1] for o in out]
     if not node.by:
         return runner._pad(node.schema, (), parts, metas)

@@ -238,9 +238,15 @@ def _context(runner, stats: dict | None = None):
     return Context(stats=stats) if runner is None else runner.context(stats=stats)
 
 
-def _grad_relations(out: Relation, seed: Node, leaves: list[Relation], nums, ctx: Context):
+def _gradient_nodes(out: Relation, seed: Node, leaves: list[Relation], nums) -> list[Node]:
+    """The backward plan's outputs: one gradient node per requested argument, a concrete zero
+    where the output does not depend on it."""
     nodes = backward(out.node, seed, [leaves[i].node for i in nums])
-    nodes = [n if n is not None else _zero_gradient(leaves[i].node) for n, i in zip(nodes, nums)]
+    return [n if n is not None else _zero_gradient(leaves[i].node) for n, i in zip(nodes, nums)]
+
+
+def _grad_relations(out: Relation, seed: Node, leaves: list[Relation], nums, ctx: Context):
+    nodes = _gradient_nodes(out, seed, leaves, nums)
     tables = run_plan(nodes, ctx)
     grads = []
     for node, table, i in zip(nodes, tables, nums):
@@ -306,8 +312,7 @@ def plans(f: Callable, *rels: Relation, argnums: int | Sequence[int] = 0,
             seed = select_node(out.node, kernel=K.Kernel(jnp.ones_like, name="ones"), label="seed")
     else:
         seed = _seed(out.node)
-    nodes = backward(out.node, seed, [leaves[i].node for i in nums])
-    nodes = [n if n is not None else _zero_gradient(leaves[i].node) for n, i in zip(nodes, nums)]
+    nodes = _gradient_nodes(out, seed, leaves, nums)
     names = _arg_names(f, len(rels))
     stats = tables = None
     if analyze:

@@ -25,7 +25,9 @@ import scipy.sparse as sp
 
 import workbench as wb
 from workbench import passes, sparse
-from workbench.execute import Context, execute, run
+from workbench.execute import LocalExecutor
+
+LOCAL = LocalExecutor()
 from workbench.programs import propagate
 
 
@@ -71,14 +73,14 @@ def main(argv=None) -> None:
                 kernel=lambda v, mat: jax.nn.relu(v @ mat))
 
     def run_workbench():
-        table = run([H.node], Context())[0]
+        table = LOCAL.run([H.node], LOCAL.context())[0]
         table.values.block_until_ready()
         return table
 
-    without = tuple(r for r in passes.RULES if r is not passes.sparse_products)
+    without_spmm = LocalExecutor(rules=[r for r in passes.RULES if r is not passes.sparse_products])
 
     def run_without_spmm():  # the rewrites of before: join, per-edge kernel, segment_sum
-        table = execute(passes.optimize([H.node], without)[0], Context())[0]
+        table = without_spmm.run([H.node])[0]
         table.values.block_until_ready()
         return table
 

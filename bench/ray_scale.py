@@ -7,7 +7,7 @@ float32 throughout.
 
 An epoch is ``models/gcn.py``'s: draw the two dropout masks, the relational forward plan and the
 backward plan the RJP rules derive (``wb.value_and_grad(gcn.loss_program(...))``, locally or with
-``runner=RayRunner(P)``), then Adam over W1 and W2 on the driver. The graph is a SYNTHETIC
+``executor=RayRunner(P)``), then Adam over W1 and W2 on the driver. The graph is a SYNTHETIC
 stochastic block model with the size of the named data set (``graphs.synthetic_like``).
 
 Each configuration runs in a fresh process (so the driver's peak is its own): one warm-up epoch
@@ -107,7 +107,7 @@ def one(graph_name: str, hidden: int, partitions: int, repeat: int, dropout: flo
             start = time.perf_counter()
             m1, m2 = gcn.dropout_mask(rels.node, dropout, rng, "M1"), gcn.dropout_mask(shape2, dropout, rng, "M2")
             loss, grads = wb.value_and_grad(gcn.loss_program(rels, m1, m2, 5e-4, targets), argnums=(1, 2),
-                                            runner=runner)(rels.node, W1, W2)
+                                            executor=runner)(rels.node, W1, W2)
             (W1, W2), state = opt.update((W1, W2), grads, state)
             W1.table().values.block_until_ready()
             if e:

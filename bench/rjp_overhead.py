@@ -29,7 +29,9 @@ import polars as pl
 
 import workbench as wb
 from workbench import rjp
-from workbench.execute import Context, run
+from workbench.execute import LocalExecutor
+
+LOCAL = LocalExecutor()
 from workbench.programs import matmul, propagate, softmax_cross_entropy, sum_of_squares
 
 
@@ -47,15 +49,15 @@ def workbench_times(f, rels, argnums, repeat: int):
     """Median (forward, derive, backward) seconds, and the last run's loss and gradient tables."""
     fwd, derive, bwd, result = [], [], [], None
     for r in range(repeat + 1):  # run 0 is the warm-up
-        leaves, out = rjp._trace(f, rels, "bench")
-        ctx = Context()
+        leaves, out = wb.trace(f, *rels)
+        ctx = LOCAL.context()
         t0 = time.perf_counter()
-        loss = run([out.node], ctx)[0]
+        loss = LOCAL.run([out.node], ctx)[0]
         loss.values.block_until_ready()
         t1 = time.perf_counter()
-        nodes = rjp.backward(out.node, rjp._seed(out.node), [leaves[i].node for i in argnums])
+        nodes = rjp.backward(out.node, rjp.seed(out.node), [leaves[i].node for i in argnums])
         t2 = time.perf_counter()
-        grads = run(nodes, ctx)
+        grads = LOCAL.run(nodes, ctx)
         for g in grads:
             g.values.block_until_ready()
         t3 = time.perf_counter()
@@ -116,9 +118,7 @@ def bench_matmul(size: int, block: int, repeat: int) -> None:
 
 
 def _rel(node, table):
-    r = wb.Relation(node)
-    r._table = table
-    return r
+    return wb.Relation.computed(node, table)
 
 
 def bench_gcn(n: int, m: int, d: int, h: int, c: int, repeat: int) -> None:

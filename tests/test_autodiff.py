@@ -7,9 +7,11 @@ import polars as pl
 import pytest
 
 import workbench as wb
-from workbench import kernels
+from workbench.execute import batched
 from workbench.errors import KernelError, PlanError
-from workbench.execute import Context, run
+from workbench.execute import LocalExecutor
+
+LOCAL = LocalExecutor()
 from workbench.plan import Add, Join, toposort
 
 
@@ -124,11 +126,11 @@ def test_backward_plan_reads_forward_joins_by_identity(rng):
     pairs = [n for n in back_nodes if isinstance(n, Join) and n.label == "pairs"]
     assert pairs and all(p.left is join.left and p.right is join.right for p in pairs)
     # run both plans in one context: the forward tables are read, not recomputed
-    ctx = Context()
-    run(list(fwd.outputs), ctx)
+    ctx = LOCAL.context()
+    LOCAL.run(list(fwd.outputs), ctx)
     forward_tables = {n: ctx.memo[n] for n in fwd.nodes()}
     n_matches = len(ctx.matches)
-    run(list(back.outputs), ctx)
+    LOCAL.run(list(back.outputs), ctx)
     assert all(ctx.memo[n] is t for n, t in forward_tables.items())
     # the re-join of the pairs reuses the forward join's row match
     assert (join.left, join.right, join.on) in ctx.matches
@@ -148,8 +150,7 @@ def test_the_forward_join_kernel_runs_once_per_gradient(rng, monkeypatch, identi
         return apply
 
     for name in ("apply", "apply_sum"):  # per-tuple kernels, plain or fused with a sum
-        if hasattr(kernels, name):
-            monkeypatch.setattr(kernels, name, counting(getattr(kernels, name)))
+        monkeypatch.setattr(batched, name, counting(getattr(batched, name)))
     A = wb.from_matrix(rng.normal(size=(4, 6)), block=(2, 3))
     B = wb.from_matrix(rng.normal(size=(6, 2)), block=(3, 2))
     f = lambda A, B: loss_of(matmul(wb.select(A) if identity_select else A, B))  # noqa: E731

@@ -5,7 +5,9 @@ import polars as pl
 
 import workbench as wb
 from workbench import passes
-from workbench.execute import Context, run
+from workbench.execute import LocalExecutor
+
+LOCAL = LocalExecutor()
 from workbench.plan import Join, Select, toposort
 
 
@@ -51,6 +53,6 @@ def test_different_predicates_are_not_merged(rng):
 def test_results_are_filed_under_logical_nodes(rng):
     A = wb.from_matrix(rng.normal(size=(4, 4)), block=(2, 2))
     S = wb.select(A, keys={"row": "row", "col": "col"})
-    ctx = Context()
-    run([S.node], ctx)
+    ctx = LOCAL.context()
+    LOCAL.run([S.node], ctx)
     assert ctx.memo[S.node] is ctx.memo[A.node]

@@ -2,25 +2,28 @@
 the same backward results as the logical plan run node by node."""
 import numpy as np
 
+import workbench as wb
 from workbench import passes, programs, rjp
-from workbench.execute import Context, run
+from workbench.execute import LocalExecutor
+
+LOCAL = LocalExecutor()
 from workbench.physical import JoinAggregate, PairJoin
 from workbench.plan import toposort
 
 
 def _grads(prog, optimize: bool):
-    leaves, out = rjp._trace(prog.fn, prog.rels, "test")
-    ctx = Context()
-    loss = run([out.node], ctx, optimize=optimize)[0]
-    nodes = rjp.backward(out.node, rjp._seed(out.node), [leaves[i].node for i in prog.argnums])
-    return loss, nodes, run(nodes, ctx, optimize=optimize)
+    leaves, out = wb.trace(prog.fn, *prog.rels)
+    ctx = LOCAL.context()
+    loss = LOCAL.run([out.node], ctx, optimize=optimize)[0]
+    nodes = rjp.backward(out.node, rjp.seed(out.node), [leaves[i].node for i in prog.argnums])
+    return loss, nodes, LOCAL.run(nodes, ctx, optimize=optimize)
 
 
 def test_backward_plans_use_the_fused_nodes(rng):
     for make in (programs.gcn, programs.blocked_matmul, programs.mlp):
         prog = make(rng)
-        leaves, out = rjp._trace(prog.fn, prog.rels, "test")
-        nodes = rjp.backward(out.node, rjp._seed(out.node), [leaves[i].node for i in prog.argnums])
+        leaves, out = wb.trace(prog.fn, *prog.rels)
+        nodes = rjp.backward(out.node, rjp.seed(out.node), [leaves[i].node for i in prog.argnums])
         physical, _ = passes.optimize(nodes)
         kinds = {type(n) for n in toposort(physical)}
         kinds |= {type(n.join) for n in toposort(physical) if isinstance(n, JoinAggregate)}

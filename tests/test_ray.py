@@ -39,7 +39,7 @@ def assert_same(a: wb.Relation, b: wb.Relation):
 
 def check_value_and_grad(runner, f, rels, argnums):
     value, grads = wb.value_and_grad(f, argnums)(*rels)
-    rvalue, rgrads = runner.value_and_grad(f, argnums)(*rels)
+    rvalue, rgrads = wb.value_and_grad(f, argnums, executor=runner)(*rels)
     assert_same(value, rvalue)
     for g, rg in zip(grads, rgrads):
         assert_same(g, rg)
@@ -110,7 +110,7 @@ def test_empty_partitions_and_an_empty_relation(runner, rng):
 def test_vjp_with_a_keyed_cotangent(runner, rng):
     prog = programs.examples(seed=1, dtype="float64")[0]
     out, pullback = wb.vjp(programs.matmul, *prog.rels)
-    rout, rpullback = runner.vjp(programs.matmul, *prog.rels)
+    rout, rpullback = wb.vjp(programs.matmul, *prog.rels, executor=runner)
     assert_same(out, rout)
     ct = out.with_values(rng.normal(size=out.table().values.shape))
     for g, rg in zip(pullback(ct), rpullback(ct)):
@@ -120,12 +120,12 @@ def test_vjp_with_a_keyed_cotangent(runner, rng):
 def test_a_projection_that_collides_across_partitions_is_refused(runner, rng):
     X = wb.from_matrix(rng.normal(size=(4, 4)), block=(1, 1), dtype="float64")
     with pytest.raises(wb.PlanError, match="output keys must stay unique"):
-        runner.value_and_grad(lambda X: programs.sum_of_squares(wb.select(X, keys={"row": "row"})))(X)
+        wb.value_and_grad(lambda X: programs.sum_of_squares(wb.select(X, keys={"row": "row"})), executor=runner)(X)
 
 
 def test_explain_analyze_shows_rows_per_partition(runner):
     prog = programs.examples(dtype="float64")[3]  # the GCN
-    plans = runner.plans(prog.fn, *prog.rels, argnums=prog.argnums, analyze=True)
+    plans = wb.plans(prog.fn, *prog.rels, argnums=prog.argnums, analyze=True, executor=runner)
     text = plans.to_text(analyze=True)
     assert "partitions=[" in text
     for node, st in plans.forward.stats.items():

@@ -10,7 +10,9 @@ import pytest
 import workbench as wb
 from workbench import passes, programs, rjp, sparse
 from workbench.datasets import graphs
-from workbench.execute import Context, run
+from workbench.execute import LocalExecutor
+
+LOCAL = LocalExecutor()
 from workbench.kernels import Kernel
 from workbench.models import gcn
 from workbench.ops import aggregate, join
@@ -41,11 +43,11 @@ def _both(f, rels, argnums):
     """Loss and gradient tables, rewritten (SpMM) and logical, each on a fresh context."""
     out = []
     for optimize in (True, False):
-        leaves, loss = rjp._trace(f, rels, "test")
-        ctx = Context()
-        value = run([loss.node], ctx, optimize=optimize)[0]
-        nodes = rjp.backward(loss.node, rjp._seed(loss.node), [leaves[i].node for i in argnums])
-        out.append((value, run(nodes, ctx, optimize=optimize), nodes))
+        leaves, loss = wb.trace(f, *rels)
+        ctx = LOCAL.context()
+        value = LOCAL.run([loss.node], ctx, optimize=optimize)[0]
+        nodes = rjp.backward(loss.node, rjp.seed(loss.node), [leaves[i].node for i in argnums])
+        out.append((value, LOCAL.run(nodes, ctx, optimize=optimize), nodes))
     return out
 
 
@@ -65,10 +67,10 @@ def _nodes(ids, values, n, name="Node"):
 
 def test_fires_on_the_gcn_program_forward_and_backward(rng):
     prog = programs.gcn(rng)
-    leaves, out = rjp._trace(prog.fn, prog.rels, "test")
+    leaves, out = wb.trace(prog.fn, *prog.rels)
     forward = _spmms([out.node])
     assert [(s.row_key, s.col_key, s.rows) for s in forward] == [("dst", "src", None)] * 2
-    nodes = rjp.backward(out.node, rjp._seed(out.node), [leaves[i].node for i in prog.argnums])
+    nodes = rjp.backward(out.node, rjp.seed(out.node), [leaves[i].node for i in prog.argnums])
     transposed = [s for s in _spmms(nodes) if s.rows is not None]
     assert [(s.row_key, s.col_key) for s in transposed] == [("src", "dst")] * 2  # A^T G per layer
     assert all(s.edge.name == "Edge" for s in transposed)
@@ -82,9 +84,9 @@ def test_fires_on_the_gcn_model_with_dropout():
     m1 = gcn.dropout_mask(rels.node, 0.5, rng, "M1")
     m2 = gcn.dropout_mask(gcn.mask_template(g.n_nodes, 4), 0.5, rng, "M2")
     f = gcn.loss_program(rels, m1, m2, 5e-4)
-    leaves, out = rjp._trace(f, (rels.node, W1, W2), "test")
+    leaves, out = wb.trace(f, rels.node, W1, W2)
     assert len(_spmms([out.node])) == 2
-    nodes = rjp.backward(out.node, rjp._seed(out.node), [leaves[1].node, leaves[2].node])
+    nodes = rjp.backward(out.node, rjp.seed(out.node), [leaves[1].node, leaves[2].node])
     assert len([s for s in _spmms(nodes) if s.rows is not None]) == 2
 
 
@@ -98,7 +100,7 @@ def test_fires_on_a_fused_join_aggregate_and_with_the_weight_on_the_right():
     assert (spmm.row_key, spmm.col_key, spmm.out_key) == ("dst", "src", "dst")
     fused = JoinAggregate(S.node.schema, J.node, ("dst",))
     assert isinstance(passes.sparse_products([fused])[fused], SpMM)
-    assert_same_relation(run([S.node])[0], run([S.node], optimize=False)[0])
+    assert_same_relation(LOCAL.run([S.node])[0], LOCAL.run([S.node], optimize=False)[0])
 
 
 # ---- where it must not ------------------------------------------------------------------------
@@ -117,7 +119,7 @@ def test_does_not_fire_on_other_kernels(kernel):
     S = aggregate(join(E, X, on={"src": "id"}, keys={"id": "left.dst", "src": "left.src"},
                        kernel=kernel), by=("id",))
     assert not _spmms([S.node])
-    assert_same_relation(run([S.node])[0], run([S.node], optimize=False)[0])
+    assert_same_relation(LOCAL.run([S.node])[0], LOCAL.run([S.node], optimize=False)[0])
 
 
 def test_does_not_fire_on_a_matrix_weight_or_a_sum_by_the_joined_key():
@@ -169,7 +171,7 @@ def test_forward_equals_the_logical_plan(case):
     _, E, X = case
     Y = programs.propagate(E, X)
     assert _spmms([Y.node])
-    a, b = run([Y.node])[0], run([Y.node], optimize=False)[0]
+    a, b = LOCAL.run([Y.node])[0], LOCAL.run([Y.node], optimize=False)[0]
     assert_same_relation(a, b)
     assert np.isfinite(np.asarray(a.values)).all() or not np.isfinite(np.asarray(b.values)).all()
 
@@ -233,8 +235,8 @@ def test_the_csr_is_built_once_per_edge_table_and_transposed_for_the_backward(rn
 def test_analyze_counts_the_join_tuples_the_product_never_forms(case):
     _, E, X = case
     Y = programs.propagate(E, X)
-    ctx = Context(stats={})
-    run([Y.node], ctx)
+    ctx = LOCAL.context(stats={})
+    LOCAL.run([Y.node], ctx)
     J = Y.node.input
     assert ctx.stats[J].fused
-    assert ctx.stats[J].rows == run([J])[0].height
+    assert ctx.stats[J].rows == LOCAL.run([J])[0].height

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.relation import Relation, to_matrix
-from workbench.rjp import _argnums, vjp
+from workbench.api import check_argnums, vjp
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def against_jax(f: Callable, twin: Callable, *rels: Relation, dense_args: Sequen
     the gradient of every argument in ``argnums`` (all by default) under one random cotangent
     (the cotangent 1 for a scalar loss)."""
     layouts = tuple(layouts) if layouts is not None else ("tensor",) * len(rels)
-    nums = _argnums(argnums if argnums is not None else tuple(range(len(rels))), len(rels), "against_jax")
+    nums = check_argnums(argnums if argnums is not None else tuple(range(len(rels))), len(rels), "against_jax")
     xs = [jnp.asarray(a) for a in (dense_args if dense_args is not None else
                                     [dense(r, l) for r, l in zip(rels, layouts)])]
     tol = rtol if rtol is not None else default_tolerance(rels[0].dtype)
@@ -120,7 +120,7 @@ def finite_differences(f: Callable, *rels: Relation, argnums: int | Sequence[int
                        title: str | None = None) -> Report:
     """Check the RJP in one random direction d: <grad f, d> against
     (f(x + eps d) - f(x - eps d)) / (2 eps), for a scalar ``f`` or <G, f> with a random G."""
-    nums = _argnums(argnums if argnums is not None else tuple(range(len(rels))), len(rels),
+    nums = check_argnums(argnums if argnums is not None else tuple(range(len(rels))), len(rels),
                     "finite_differences")
     rng = np.random.default_rng(seed)
     dtype = rels[0].dtype

@@ -12,8 +12,8 @@ import polars as pl
 
 from workbench.errors import PlanError
 from workbench.kernels import Kernel
-from workbench.plan import Add, Aggregate, Join, Node, Schema, Select
-from workbench.relation import Relation
+from workbench.plan import REDUCTIONS, Add, Aggregate, Join, Node, Schema, Select
+from workbench.relation import Relation, check_key_name
 
 SIDES = ("left", "right")
 
@@ -33,15 +33,15 @@ def _as_kernel(kernel, arity: int, op: str) -> Kernel | None:
     return Kernel(kernel, arity=arity)
 
 
+def _name(node: Node) -> str:
+    return node.display_name
+
+
 def _check_known(names, known: Sequence[str], op: str, what: str, rel: str) -> None:
     for k in names:
         if k not in known:
             raise PlanError(f"{op}: {what} names key '{k}', which relation '{rel}' does not have; "
                             f"its keys are {tuple(known)}")
-
-
-def _label(node: Node) -> str:
-    return node.label or getattr(node, "name", None) or node.kind
 
 
 # ---- Select ------------------------------------------------------------------------------------
@@ -54,16 +54,18 @@ def select_node(R: Node, pred=None, keys: Sequence[tuple[str, str]] | None = Non
         if not isinstance(pred, pl.Expr):
             raise PlanError(f"select: pred must be a Polars expression over key columns, such as "
                             f"pl.col('row') == 0; got {type(pred).__name__}")
-        _check_known(pred.meta.root_names(), s.keys, op, "pred", _label(R))
+        _check_known(pred.meta.root_names(), s.keys, op, "pred", _name(R))
     keys = tuple(keys) if keys is not None else tuple((k, k) for k in s.keys)
     outs = [o for o, _ in keys]
+    for o in outs:
+        check_key_name(o, f"select over '{_name(R)}': keys", PlanError)
     if len(set(outs)) != len(outs):
         raise PlanError(f"select: output key names {outs} repeat; each output key needs its own name")
-    _check_known([i for _, i in keys], s.keys, op, "keys", _label(R))
+    _check_known([i for _, i in keys], s.keys, op, "keys", _name(R))
     if kernel is None:
         shape, dtype = s.value_shape, s.dtype
     else:
-        shape, dtype = kernel.output([s.value_shape], s.dtype, f"select over '{_label(R)}'")
+        shape, dtype = kernel.output([s.value_shape], s.dtype, f"select over '{_name(R)}'")
     extents = tuple(s.extent_of(i) for _, i in keys)
     return Select(Schema(tuple(outs), extents, shape, dtype), R, pred, keys, kernel, label=label)
 
@@ -84,7 +86,7 @@ def _side_key(spec: str, L: Node, R: Node, op: str) -> tuple[str, str]:
         raise PlanError(f"{op}: output key source {spec!r} must be 'left.<key>' or 'right.<key>'")
     side, k = spec.split(".", 1)
     node = L if side == "left" else R
-    _check_known([k], node.schema.keys, op, f"keys ({spec!r})", _label(node))
+    _check_known([k], node.schema.keys, op, f"keys ({spec!r})", _name(node))
     return side, k
 
 
@@ -94,11 +96,11 @@ def join_node(L: Node, R: Node, on: Sequence[tuple[str, str]] = (),
     op = "join"
     ls, rs = L.schema, R.schema
     if ls.dtype != rs.dtype:
-        raise PlanError(f"join of '{_label(L)}' ({ls.dtype}) with '{_label(R)}' ({rs.dtype}): mixed "
+        raise PlanError(f"join of '{_name(L)}' ({ls.dtype}) with '{_name(R)}' ({rs.dtype}): mixed "
                         f"dtypes; build both relations with one dtype.")
     on = tuple(on)
-    _check_known([l for l, _ in on], ls.keys, op, "on", _label(L))
-    _check_known([r for _, r in on], rs.keys, op, "on", _label(R))
+    _check_known([l for l, _ in on], ls.keys, op, "on", _name(L))
+    _check_known([r for _, r in on], rs.keys, op, "on", _name(R))
     if keys is None:  # left keys, then right keys not joined on
         joined = {r for _, r in on}
         keys = tuple(("" + k, "left", k) for k in ls.keys)
@@ -106,17 +108,19 @@ def join_node(L: Node, R: Node, on: Sequence[tuple[str, str]] = (),
             if k in joined:
                 continue
             if k in ls.keys:
-                raise PlanError(f"join of '{_label(L)}' and '{_label(R)}': both have a key '{k}'; "
+                raise PlanError(f"join of '{_name(L)}' and '{_name(R)}': both have a key '{k}'; "
                                 f"name the output keys with keys={{'out': 'left.{k}', ...}}")
             keys += ((k, "right", k),)
     keys = tuple(keys)
     outs = [o for o, _, _ in keys]
+    for o in outs:
+        check_key_name(o, f"join of '{_name(L)}' and '{_name(R)}': keys", PlanError)
     if len(set(outs)) != len(outs):
         raise PlanError(f"join: output key names {outs} repeat; each output key needs its own name")
     if kernel is None:
-        raise PlanError(f"join of '{_label(L)}' and '{_label(R)}': a kernel f(left_value, "
+        raise PlanError(f"join of '{_name(L)}' and '{_name(R)}': a kernel f(left_value, "
                         f"right_value) is required")
-    where = f"join of '{_label(L)}' and '{_label(R)}'"
+    where = f"join of '{_name(L)}' and '{_name(R)}'"
     shape, dtype = kernel.output([ls.value_shape, rs.value_shape], ls.dtype, where)
     extents = tuple((ls if side == "left" else rs).extent_of(k) for _, side, k in keys)
     schema = Schema(tuple(outs), extents, shape, dtype)
@@ -138,18 +142,16 @@ def join(L: Relation, R: Relation, on: Mapping[str, str] | None = None,
 
 # ---- Aggregation ------------------------------------------------------------------------------
 
-AGGREGATES = ("sum", "mean")
-
-
 def aggregate_node(R: Node, by: Sequence[str] = (), kernel: str = "sum",
                    label: str | None = None) -> Aggregate:
     by = tuple(by)
-    if kernel not in AGGREGATES:
-        raise PlanError(f"aggregate over '{_label(R)}': kernel must be one of {AGGREGATES}, got "
-                        f"{kernel!r}")
-    _check_known(by, R.schema.keys, "aggregate", "by", _label(R))
+    if not isinstance(kernel, str) or kernel not in REDUCTIONS:
+        raise PlanError(f"aggregate over '{_name(R)}': kernel must be one of {REDUCTIONS}, got "
+                        f"{kernel!r}; to map values first, use wb.select(R, kernel=f) and "
+                        f"aggregate that.")
+    _check_known(by, R.schema.keys, "aggregate", "by", _name(R))
     if len(set(by)) != len(by):
-        raise PlanError(f"aggregate over '{_label(R)}': by={by} repeats a key")
+        raise PlanError(f"aggregate over '{_name(R)}': by={by} repeats a key")
     s = R.schema
     schema = Schema(by, tuple(s.extent_of(k) for k in by), s.value_shape, s.dtype)
     return Aggregate(schema, R, by, kernel, label=label)
@@ -163,7 +165,7 @@ def aggregate(R: Relation, by: Sequence[str] = (), kernel: str = "sum") -> Relat
     try:
         by = tuple(by)
     except TypeError:
-        raise PlanError(f"aggregate over '{_label(node)}': by must be a tuple of key names, got "
+        raise PlanError(f"aggregate over '{_name(node)}': by must be a tuple of key names, got "
                         f"{by!r}; use by=() to combine all tuples into one.") from None
     return Relation(aggregate_node(node, by, kernel))
 
@@ -183,10 +185,23 @@ def add_node(terms: Sequence[Node], label: str | None = None) -> Node:
     return Add(first, terms, label=label)
 
 
+_EXAMPLES = {"on": "on={'col': 'row'}", "keys": "keys={'row': 'left.row', 'col': 'right.col'}"}
+
+
 def _pairs(mapping, op: str, arg: str):
+    """A dict's items (or an iterable of 2-tuples of strings), else a PlanError with an example."""
+    example = _EXAMPLES.get(arg, f"{arg}={{'out': 'in'}}") if op == "join" else f"{arg}={{'out': 'in'}}"
     if isinstance(mapping, Mapping):
-        return list(mapping.items())
-    try:
-        return [tuple(p) for p in mapping]
-    except TypeError:
-        raise PlanError(f"{op}: {arg} must be a dict, got {type(mapping).__name__}") from None
+        items = list(mapping.items())
+    elif isinstance(mapping, (str, bytes)) or not hasattr(mapping, "__iter__"):
+        items = None
+    else:
+        items = list(mapping)
+    if items is None or not all(isinstance(p, tuple) and len(p) == 2 for p in items):
+        raise PlanError(f"{op}: {arg} must be a dict of key names, got {mapping!r} "
+                        f"({type(mapping).__name__}); write e.g. {example}")
+    for a, _ in items:
+        if not isinstance(a, str):
+            raise PlanError(f"{op}: {arg} maps key names (strings), got the key {a!r}; "
+                            f"write e.g. {example}")
+    return items

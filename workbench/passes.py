@@ -6,36 +6,24 @@ reused. ``Plan.to_text`` shows the plan before any rewrite; ``optimize`` is what
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, Sequence
 
-from workbench.kernels import _LRU
+import jax
+
+from workbench.kernels import LRU
+from workbench.physical import JoinAggregate, PairJoin, SpMM
 from workbench.plan import Add, Aggregate, Join, Node, Scan, Select, toposort
-
-
-def _rebuild(node: Node, new_inputs: Sequence[Node]) -> Node:
-    """``node`` with its inputs replaced, or ``node`` itself when nothing changed."""
-    if all(a is b for a, b in zip(node.inputs, new_inputs)):
-        return node
-    if isinstance(node, Select | Aggregate):
-        return dataclasses.replace(node, input=new_inputs[0])
-    if isinstance(node, Join):
-        return dataclasses.replace(node, left=new_inputs[0], right=new_inputs[1])
-    if isinstance(node, Add):
-        return dataclasses.replace(node, terms=tuple(new_inputs))
-    if hasattr(node, "with_inputs"):  # physical nodes (workbench.physical)
-        return node.with_inputs(tuple(new_inputs))
-    raise NotImplementedError(f"cannot rebuild {type(node).__name__}")
+from workbench.rjp import is_broadcast, is_pack, unpacked_join_vjp
 
 
 Rewrite = Callable[[Sequence[Node]], dict]  # outputs -> {every reachable node: its replacement}
 
 
-def _map_nodes(outputs: Sequence[Node], visit: Callable[[Node], Node]) -> dict[Node, Node]:
+def map_nodes(outputs: Sequence[Node], visit: Callable[[Node], Node]) -> dict[Node, Node]:
     """Bottom-up: rebuild each node over its rewritten inputs, then let ``visit`` replace it."""
     new: dict[Node, Node] = {}
     for node in toposort(list(outputs)):
-        new[node] = visit(_rebuild(node, [new[i] for i in node.inputs]))
+        new[node] = visit(node.with_inputs([new[i] for i in node.inputs]))
     return new
 
 
@@ -50,7 +38,7 @@ def drop_identity_selects(outputs: Sequence[Node]) -> dict[Node, Node]:
                 and all(o == i for o, i in node.keys)):
             return node.input
         return node
-    return _map_nodes(outputs, visit)
+    return map_nodes(outputs, visit)
 
 
 def _signature(node: Node, ids: dict[Node, int]):
@@ -60,12 +48,12 @@ def _signature(node: Node, ids: dict[Node, int]):
         return None  # stored data: identity only
     if isinstance(node, Select):
         pred = None if node.pred is None else node.pred.meta.serialize(format="json")
-        kernel = None if node.kernel is None else (node.kernel._key, node.kernel.uses)
+        kernel = None if node.kernel is None else (node.kernel.key, node.kernel.uses)
         return ("select", inputs, pred, node.keys, kernel)
     if isinstance(node, Join):
-        return ("join", inputs, node.on, node.keys, node.kernel._key, node.kernel.uses)
+        return ("join", inputs, node.on, node.keys, node.kernel.key, node.kernel.uses)
     if isinstance(node, Aggregate):
-        return ("aggregate", inputs, node.by, node.kernel)
+        return ("aggregate", inputs, node.by, node.reduction)
     if isinstance(node, Add):
         return ("add", tuple(sorted(inputs)))
     return None
@@ -85,18 +73,15 @@ def common_subexpressions(outputs: Sequence[Node]) -> dict[Node, Node]:
             node = seen.setdefault(sig, node)
         ids.setdefault(node, len(ids))
         return node
-    return _map_nodes(outputs, visit)
+    return map_nodes(outputs, visit)
 
 
 def as_pair_join(node: Node):
     """The PairJoin that computes ``node`` when it joins a join RJP's packed pairs with the
     cotangent (``join(join(L, R, kernel=pack), C, kernel=vjp)``), else None."""
-    from workbench import kernels as K
-    from workbench.physical import PairJoin
-
-    if not (isinstance(node, Join) and isinstance(node.left, Join) and K.is_pack(node.left.kernel)):
+    if not (isinstance(node, Join) and isinstance(node.left, Join) and is_pack(node.left.kernel)):
         return None
-    kernel = K.unpacked_join_vjp(node.kernel)
+    kernel = unpacked_join_vjp(node.kernel)
     if kernel is None:
         return None
     T = node.left
@@ -110,7 +95,7 @@ def fuse_pair_joins(outputs: Sequence[Node]) -> dict[Node, Node]:
 
     >>> join(pairs(L, R), G_S, kernel=vjp_left(f))   # -> PairJoin(L, R, G_S, kernel=vjp_left(f))
     """
-    return _map_nodes(outputs, lambda node: as_pair_join(node) or node)
+    return map_nodes(outputs, lambda node: as_pair_join(node) or node)
 
 
 def fuse_join_aggregates(outputs: Sequence[Node]) -> dict[Node, Node]:
@@ -122,8 +107,6 @@ def fuse_join_aggregates(outputs: Sequence[Node]) -> dict[Node, Node]:
 
     >>> aggregate(join(X, G, kernel=vjp_right(f)), by=())   # -> JoinAggregate(join(...), by=())
     """
-    from workbench.physical import JoinAggregate, PairJoin
-
     order = toposort(list(outputs))
     readers: dict[int, int] = {}
     for node in order:
@@ -133,8 +116,8 @@ def fuse_join_aggregates(outputs: Sequence[Node]) -> dict[Node, Node]:
         readers[id(o)] = readers.get(id(o), 0) + 1
     new: dict[Node, Node] = {}
     for node in order:
-        rebuilt = _rebuild(node, [new[i] for i in node.inputs])
-        if (isinstance(node, Aggregate) and node.kernel == "sum"
+        rebuilt = node.with_inputs([new[i] for i in node.inputs])
+        if (isinstance(node, Aggregate) and node.reduction == "sum"
                 and isinstance(node.input, Join | PairJoin) and node.input.is_backward
                 and readers[id(node.input)] == 1):
             rebuilt = JoinAggregate(node.schema, new[node.input], node.by, label=node.label,
@@ -147,17 +130,15 @@ def _scaling(kernel, shapes, dtype: str, scalar: int, value: int) -> bool:
     """Whether ``kernel(*args)`` is exactly ``args[scalar] * args[value]`` with ``args[scalar]`` of
     shape (): its jaxpr, pruned to what the output depends on, is one ``mul`` of those two
     arguments (other arguments unused). Decided from the traced program, never from names."""
-    key = (kernel._key, kernel.arity, tuple(map(tuple, shapes)), dtype, scalar, value)
+    key = (kernel.key, kernel.arity, tuple(map(tuple, shapes)), dtype, scalar, value)
     return _SCALING.get_or_make(key, lambda: (kernel.fn, _trace_scaling(kernel.fn, shapes, dtype,
                                                                         scalar, value)))
 
 
-_SCALING = _LRU(1024)  # kernel key -> (fn, kept alive for its id()-based key; verdict)
+_SCALING = LRU(1024)  # kernel key -> (fn, kept alive for its id()-based key; verdict)
 
 
 def _trace_scaling(fn, shapes, dtype: str, scalar: int, value: int) -> bool:
-    import jax
-
     if tuple(shapes[scalar]) != ():
         return False
     try:
@@ -217,11 +198,9 @@ def _backward_spmm(P, by: str):
     X joined with C = join(F, G, kernel=broadcast), F the forward join, its tuples those very
     pairs, G(r) the cotangent; kernel (e, v, g) -> e * g; summed by E's joined key c. That is
     Y(c) = sum_r M[r, c] G(r) over the matched edges: M^T G, keeping only c that are keys of X."""
-    from workbench import kernels as K
-
     found = _edge_and_dense(P.left, P.right, P.pair_on)
     C = P.cotangent
-    if (found is None or P.drops_keys or not isinstance(C, Join) or C.kernel.fn is not K._second
+    if (found is None or P.drops_keys or not isinstance(C, Join) or not is_broadcast(C.kernel)
             or C.drops_keys or len(C.right.schema.keys) != 1 or len(C.on) != 1):
         return None
     side, E, X, joined, free = found
@@ -263,12 +242,10 @@ def sparse_products(outputs: Sequence[Node]) -> dict[Node, Node]:
     >>> JoinAggregate(PairJoin(Edge, X, join(F, G, kernel=broadcast), kernel=vjp_right), by=("src",))
     ... # -> SpMM(Edge, G, rows=X, row_key="src", col_key="dst")
     """
-    from workbench.physical import JoinAggregate, PairJoin, SpMM
-
     new: dict[Node, Node] = {}
     for node in toposort(list(outputs)):
-        rebuilt = new[node] = _rebuild(node, [new[i] for i in node.inputs])
-        if isinstance(rebuilt, Aggregate) and rebuilt.kernel == "sum":
+        rebuilt = new[node] = node.with_inputs([new[i] for i in node.inputs])
+        if isinstance(rebuilt, Aggregate) and rebuilt.reduction == "sum":
             J, by = rebuilt.input, rebuilt.by
         elif isinstance(rebuilt, JoinAggregate):
             J, by = rebuilt.join, rebuilt.by
@@ -305,3 +282,8 @@ def optimize(outputs: Sequence[Node], rules: Sequence[Rewrite] = RULES):
         mapping = {k: step.get(v, v) for k, v in mapping.items()}  # v may be fused away
         current = [step[o] for o in current]
     return current, mapping
+
+
+def clear_cache() -> None:
+    """Forget this module's cached results (``workbench.clear_caches`` clears every cache)."""
+    _SCALING.clear()

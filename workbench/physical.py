@@ -36,7 +36,7 @@ class PairJoin(Node):
     def inputs(self) -> tuple[Node, ...]:
         return (self.left, self.right, self.cotangent)
 
-    def with_inputs(self, inputs) -> "PairJoin":
+    def _replace_inputs(self, inputs) -> "PairJoin":
         return replace(self, left=inputs[0], right=inputs[1], cotangent=inputs[2])
 
     def params(self) -> dict[str, Any]:
@@ -60,10 +60,8 @@ class JoinAggregate(Node):
     def inputs(self) -> tuple[Node, ...]:
         return self.join.inputs
 
-    def with_inputs(self, inputs) -> "JoinAggregate":
-        from workbench.passes import _rebuild
-
-        return replace(self, join=_rebuild(self.join, inputs))
+    def _replace_inputs(self, inputs) -> "JoinAggregate":
+        return replace(self, join=self.join.with_inputs(inputs))
 
     def params(self) -> dict[str, Any]:
         return {**self.join.params(), "by": ", ".join(self.by) or "()", "kernel": "sum"}
@@ -94,7 +92,7 @@ class SpMM(Node):
     def inputs(self) -> tuple[Node, ...]:
         return (self.edge, self.dense) + ((self.rows,) if self.rows is not None else ())
 
-    def with_inputs(self, inputs) -> "SpMM":
+    def _replace_inputs(self, inputs) -> "SpMM":
         return replace(self, edge=inputs[0], dense=inputs[1],
                        rows=inputs[2] if self.rows is not None else None)
 

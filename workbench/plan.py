@@ -1,15 +1,16 @@
-"""The plan IR: immutable nodes of a relational DAG, and a Plan (a DAG with named outputs).
+"""The plan IR: immutable nodes of a relational DAG.
 
 Nodes carry their output schema and the operator's parameters, nothing physical. Executors
 (``workbench.execute``) and rewrites (``workbench.passes``) are functions over these nodes, so a
-new executor or rewrite needs no change here, in the operators or in the RJP rules.
+new executor or rewrite needs no change here, in the operators or in the RJP rules. Every node
+rebuilds itself over new inputs with ``with_inputs`` and names itself with ``display_name``.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
@@ -68,6 +69,30 @@ class Node:
     def is_backward(self) -> bool:
         return self.origin is not None
 
+    @property
+    def display_name(self) -> str:
+        """The name shown in messages and plans: the relation's name, else the node's label
+        (``pairs``, ``seed``), else its kind."""
+        return getattr(self, "name", None) or self.label or self.kind
+
+    @property
+    def named(self) -> bool:
+        """Whether the node has a name or label of its own (not just its kind)."""
+        return bool(getattr(self, "name", None) or self.label)
+
+    def with_inputs(self, inputs: Sequence["Node"]) -> "Node":
+        """This node over ``inputs`` (one per ``self.inputs``); itself when nothing changed."""
+        inputs = tuple(inputs)
+        if len(inputs) != len(self.inputs):
+            raise ValueError(f"{self.kind} '{self.display_name}' takes {len(self.inputs)} inputs, "
+                             f"got {len(inputs)}")
+        if all(a is b for a, b in zip(self.inputs, inputs)):
+            return self
+        return self._replace_inputs(inputs)
+
+    def _replace_inputs(self, inputs: tuple["Node", ...]) -> "Node":
+        return self  # a leaf has no inputs
+
     def params(self) -> dict[str, Any]:
         """The operator's parameters, for display."""
         return {}
@@ -99,6 +124,9 @@ class Select(Node):
     def inputs(self) -> tuple[Node, ...]:
         return (self.input,)
 
+    def _replace_inputs(self, inputs) -> "Select":
+        return replace(self, input=inputs[0])
+
     @property
     def drops_keys(self) -> bool:
         return not set(self.input.schema.keys) <= {src for _, src in self.keys}
@@ -129,6 +157,9 @@ class Join(Node):
     def inputs(self) -> tuple[Node, ...]:
         return (self.left, self.right)
 
+    def _replace_inputs(self, inputs) -> "Join":
+        return replace(self, left=inputs[0], right=inputs[1])
+
     def pair_classes(self) -> dict[tuple[str, str], int]:
         """Each (side, key) -> an equivalence class; keys equated by ``on`` share a class."""
         cls = {("left", k): i for i, k in enumerate(self.left.schema.keys)}
@@ -155,19 +186,26 @@ class Join(Node):
 
 @dataclass(frozen=True, eq=False)
 class Aggregate(Node):
-    """Group by ``by`` (a subset of the input keys, in output order) and sum or average."""
+    """Group by ``by`` (a subset of the input keys, in output order) and sum or average. The
+    ``reduction`` is a name, not a kernel: the sum is linear, so its RJP is a broadcast."""
 
     input: Node
     by: tuple[str, ...]
-    kernel: str  # "sum" | "mean"
+    reduction: str  # one of REDUCTIONS
     kind: ClassVar[str] = "aggregate"
 
     @property
     def inputs(self) -> tuple[Node, ...]:
         return (self.input,)
 
+    def _replace_inputs(self, inputs) -> "Aggregate":
+        return replace(self, input=inputs[0])
+
     def params(self) -> dict[str, Any]:
-        return {"by": ", ".join(self.by) or "()", "kernel": self.kernel}
+        return {"by": ", ".join(self.by) or "()", "kernel": self.reduction}
+
+
+REDUCTIONS = ("sum", "mean")
 
 
 @dataclass(frozen=True, eq=False)
@@ -180,6 +218,9 @@ class Add(Node):
     @property
     def inputs(self) -> tuple[Node, ...]:
         return self.terms
+
+    def _replace_inputs(self, inputs) -> "Add":
+        return replace(self, terms=tuple(inputs))
 
 
 def toposort(outputs: tuple[Node, ...] | list[Node]) -> list[Node]:
@@ -199,74 +240,6 @@ def toposort(outputs: tuple[Node, ...] | list[Node]) -> list[Node]:
             stack.append((node, True))
             stack.extend((i, False) for i in reversed(node.inputs) if id(i) not in seen)
     return order
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A DAG of nodes with named outputs: a forward program or the backward plan derived from it.
-
-    ``to_text`` and ``to_dot`` show the logical plan as built, before any rewrite. A backward
-    plan knows its ``forward`` plan, whose results it reads. After ``wb.plans(..., analyze=True)``
-    ``stats`` maps each node to its row count, wall time and output size, and ``tables`` to its
-    result.
-    """
-
-    outputs: tuple[Node, ...]
-    names: tuple[str, ...]
-    direction: str = "forward"  # "forward" | "backward"
-    forward: "Plan | None" = field(default=None, compare=False, repr=False)
-    stats: Any = field(default=None, compare=False)  # Node -> NodeStats, once executed
-    tables: Any = field(default=None, compare=False, repr=False)  # Node -> Table, once executed
-
-    def nodes(self) -> list[Node]:
-        return toposort(self.outputs)
-
-    def to_text(self, analyze: bool = False) -> str:
-        from workbench import viz
-
-        return viz.plan_to_text(self, analyze=analyze)
-
-    def to_dot(self, analyze: bool = False) -> str:
-        from workbench import viz
-
-        return viz.plan_to_dot(self, analyze=analyze)
-
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        from workbench import viz
-
-        return viz.mimebundle(self)
-
-    def __repr__(self) -> str:
-        return self.to_text()
-
-
-class Plans(tuple):
-    """``(forward, backward)`` as ``wb.plans`` returns them, plus the combined view: the forward
-    plan, the backward plan beside it, and dashed links where the backward reads the forward."""
-
-    def __new__(cls, forward: Plan, backward: Plan):
-        return super().__new__(cls, (forward, backward))
-
-    @property
-    def forward(self) -> Plan:
-        return self[0]
-
-    @property
-    def backward(self) -> Plan:
-        return self[1]
-
-    def to_text(self, analyze: bool = False) -> str:
-        return self[0].to_text(analyze) + "\n\n" + self[1].to_text(analyze)
-
-    def to_dot(self, analyze: bool = False) -> str:
-        from workbench import viz
-
-        return viz.combined_to_dot(self[0], self[1], analyze=analyze)
-
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        from workbench import viz
-
-        return viz.mimebundle(self)
 
 
 def value_size(schema: Schema) -> int:

@@ -2,8 +2,8 @@
 
 A ``Relation`` is a handle on a plan node. Relations built from data are TableScans; the
 operators return relations whose node is a new Select, Join or Aggregate over their inputs.
-Reading a relation (``to_frame``, ``to_tensor``, ``frame``) runs its plan once and keeps the
-result.
+Reading a relation (``to_frame``, ``to_tensor``, ``frame``) runs its plan once, on the default
+executor (``set_default_executor``; ``workbench.api`` sets the local one), and keeps the result.
 """
 from __future__ import annotations
 
@@ -16,9 +16,19 @@ import polars as pl
 
 from workbench.errors import RelationError
 from workbench.plan import Node, Scan, Schema
-from workbench.table import Table, make_table
+from workbench.table import Table, make_table, spare_name
 
-VALUE = "value"
+VALUE = "value"  # the value column of to_frame(); no key may take this name
+
+# The executor that runs a relation's plan when it is read (an object with
+# ``run(outputs) -> list[Table]``); workbench.api sets the local executor.
+_default_executor = None
+
+
+def set_default_executor(executor) -> None:
+    """Run plans of relations that are read (``to_tensor``, ``to_frame``) on ``executor``."""
+    global _default_executor
+    _default_executor = executor
 
 
 def default_dtype() -> str:
@@ -53,6 +63,25 @@ class Relation:
         self.node = node
         self._table: Table | None = None
 
+    @classmethod
+    def computed(cls, node: Node, table: Table) -> "Relation":
+        """A relation over ``node`` whose result ``table`` is already known (an executor's output)."""
+        rel = cls(node)
+        rel._table = table
+        return rel
+
+    @classmethod
+    def stored(cls, keys: pl.DataFrame, values, extents: Sequence[int], name: str = "R") -> "Relation":
+        """A stored relation (a TableScan) from an int64 key frame and a values array whose row i
+        belongs to key row i: no checks beyond the shapes; use from_frame for user data."""
+        values = jnp.asarray(values)
+        names = tuple(keys.columns)
+        if values.shape[0] != (keys.height if names else 1):
+            raise RelationError(f"relation '{name}': {values.shape[0]} values for "
+                                f"{keys.height if names else 1} key rows")
+        schema = Schema(names, tuple(int(e) for e in extents), tuple(values.shape[1:]), str(values.dtype))
+        return cls(Scan(schema, Table(keys, values), name=name))
+
     # ---- schema -------------------------------------------------------------------------
     @property
     def schema(self) -> Schema:
@@ -76,18 +105,19 @@ class Relation:
 
     @property
     def name(self) -> str:
-        return self.node.label or getattr(self.node, "name", None) or self.node.kind
+        return self.node.display_name
 
     # ---- data ---------------------------------------------------------------------------
     def table(self) -> Table:
-        """Run the relation's plan on the local executor (once) and return its table."""
+        """Run the relation's plan on the default executor (once) and return its table."""
         if self._table is None:
             if isinstance(self.node, Scan):
                 self._table = self.node.table
+            elif _default_executor is None:
+                raise RuntimeError("no executor to run relation plans on; import workbench (its api "
+                                   "module sets the local executor as the default)")
             else:
-                from workbench.execute import run
-
-                self._table = run([self.node])[0]
+                self._table = _default_executor.run([self.node])[0]
         return self._table
 
     @property
@@ -146,12 +176,13 @@ class Relation:
         mine = t.keys.select(like.keys)
         if mine.equals(lt.keys):
             return t.values
-        pairs = lt.keys.with_row_index("_l").join(mine.with_row_index("_r"), on=list(like.keys))
+        li, ri = spare_name(like.keys, "_l"), spare_name(like.keys, "_r")
+        pairs = lt.keys.with_row_index(li).join(mine.with_row_index(ri), on=list(like.keys))
         if pairs.height != t.height:
             raise RelationError(f"values_like: relation '{self.name}' has {t.height - pairs.height} "
                                 f"tuple(s) whose keys '{like.name}' does not have")
-        rows = jnp.asarray(pairs["_l"].to_numpy())
-        return jnp.zeros_like(lt.values).at[rows].set(t.values[jnp.asarray(pairs["_r"].to_numpy())])
+        rows = jnp.asarray(pairs[li].to_numpy())
+        return jnp.zeros_like(lt.values).at[rows].set(t.values[jnp.asarray(pairs[ri].to_numpy())])
 
     def __len__(self) -> int:
         return self.table().height
@@ -320,8 +351,16 @@ def _key_names(keys, where: str) -> tuple[str, ...]:
         keys = (keys,)
     keys = tuple(keys)
     for k in keys:
-        if not isinstance(k, str) or not k:
-            raise RelationError(f"{where}: key names must be non-empty strings, got {k!r}")
+        check_key_name(k, where, RelationError)
     if len(set(keys)) != len(keys):
         raise RelationError(f"{where}: key names {keys} repeat")
     return keys
+
+
+def check_key_name(k, where: str, error=RelationError) -> None:
+    """Key names are non-empty strings other than ``value``, the value column of ``to_frame``."""
+    if not isinstance(k, str) or not k:
+        raise error(f"{where}: key names must be non-empty strings, got {k!r}")
+    if k == VALUE:
+        raise error(f"{where}: a key cannot be named '{VALUE}', the name of the value column in "
+                    f"to_frame(); rename it, e.g. to '{VALUE}_id'.")

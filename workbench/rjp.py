@@ -1,5 +1,5 @@
-"""Relation-Jacobian products: one rule per operator, one generic backward loop, and the
-``vjp`` / ``grad`` / ``value_and_grad`` / ``plans`` API.
+"""Relation-Jacobian products: one rule per operator, the per-tuple kernels they emit, and one
+generic backward loop. This module derives backward plans; it never runs one.
 
 A rule receives a forward node S, the plan node G_S of its cotangent (a relation with S's keys
 and value shape) and which inputs need a gradient; it returns one plan node per input (or None).
@@ -8,18 +8,18 @@ the same executor, reading forward results instead of recomputing them.
 """
 from __future__ import annotations
 
-import inspect
+import functools
 from typing import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import polars as pl
 
-from workbench import kernels as K
 from workbench.errors import PlanError
-from workbench.execute import Context, run as run_plan
+from workbench.kernels import Kernel
 from workbench.ops import add_node, aggregate_node, join_node, select_node
-from workbench.plan import Add, Aggregate, Join, Node, Plan, Plans, Scan, Schema, Select, emitting_for, toposort
-from workbench.relation import Relation
+from workbench.plan import Add, Aggregate, Join, Node, Scan, Schema, Select, emitting_for, toposort
 from workbench.table import Table, empty_keys
 
 RJP_RULES: dict[type, Callable] = {}
@@ -49,7 +49,7 @@ def _select_rjp(S: Select, ct: Node, wanted):
     # G_R(k) = vjp_F(R(k))(G_S(proj(k))) for k with pred(k): one join on proj(k) = G_S.k
     src = R if S.pred is None else select_node(R, pred=S.pred)
     G = join_node(src, ct, on=tuple((i, o) for o, i in S.keys),
-                  keys=tuple((k, "left", k) for k in rkeys), kernel=K.select_vjp_kernel(S.kernel))
+                  keys=tuple((k, "left", k) for k in rkeys), kernel=select_vjp_kernel(S.kernel))
     return (G,)
 
 
@@ -57,18 +57,18 @@ def _select_rjp(S: Select, ct: Node, wanted):
 def _aggregate_rjp(S: Aggregate, ct: Node, wanted):
     R = S.input
     g = ct
-    if S.kernel == "mean":  # d mean / d v_k = 1 / |group(k)|
-        ones = select_node(R, kernel=K.count_kernel(R.schema.dtype))
+    if S.reduction == "mean":  # d mean / d v_k = 1 / |group(k)|
+        ones = select_node(R, kernel=count_kernel(R.schema.dtype))
         counts = aggregate_node(ones, by=S.by, label="count")
         g = join_node(ct, counts, on=tuple((b, b) for b in S.by),
-                      keys=tuple((b, "left", b) for b in S.by), kernel=K.divide_kernel())
+                      keys=tuple((b, "left", b) for b in S.by), kernel=divide_kernel())
     if set(S.by) == set(R.schema.keys):  # every group is one tuple: identity, re-keyed
         if S.by == R.schema.keys:
             return (g,)
         return (select_node(g, keys=tuple((k, k) for k in R.schema.keys)),)
     # the transpose of a sum is a broadcast: G_R(k) = G_S(group(k))
     G = join_node(R, g, on=tuple((b, b) for b in S.by),
-                  keys=tuple((k, "left", k) for k in R.schema.keys), kernel=K.broadcast_kernel())
+                  keys=tuple((k, "left", k) for k in R.schema.keys), kernel=broadcast_kernel())
     return (G,)
 
 
@@ -100,7 +100,7 @@ def _join_rjp(S: Join, ct: Node, wanted):
     L, R = S.left, S.right
     names, pair_keys = _pair_names(S)
     # T: the matched pairs with both values packed (the executor reuses the forward join's match)
-    T = join_node(L, R, on=S.on, keys=pair_keys, kernel=K.pack_kernel(), label="pairs")
+    T = join_node(L, R, on=S.on, keys=pair_keys, kernel=pack_kernel(), label="pairs")
     on_ct = tuple((names[(side, k)], out) for out, side, k in S.keys)
     pair_order = tuple((n, "left", n) for n, _, _ in pair_keys)
     lshape, rshape = L.schema.value_shape, R.schema.value_shape
@@ -111,7 +111,7 @@ def _join_rjp(S: Join, ct: Node, wanted):
             continue
         # U(pair) = vjp_F,side(vl, vr)(G_S(proj(pair))): join the pairs with the cotangent
         U = join_node(T, ct, on=on_ct, keys=pair_order,
-                      kernel=K.join_vjp_kernel(S.kernel, side, lshape, rshape))
+                      kernel=join_vjp_kernel(S.kernel, side, lshape, rshape))
         other = R if side == "left" else L
         by = tuple(names[(side, k)] for k in node.schema.keys)
         if set(other.schema.keys) <= other_joined:  # each tuple meets at most one: no sum
@@ -174,153 +174,126 @@ def _conform(c: Node, primal: Node, origin: Node) -> Node:
     return Select(schema, c, None, tuple((k, k) for k in p.keys), None, origin=origin)
 
 
-# ---- the user API ----------------------------------------------------------------------------
+# ---- the backward plan of a program ----------------------------------------------------------
 
-def _arg_names(f: Callable, n: int) -> list[str]:
-    try:
-        params = [p.name for p in inspect.signature(f).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        params = []
-    return [params[i] if i < len(params) else f"arg{i}" for i in range(n)]
-
-
-def _trace(f: Callable, rels: Sequence[Relation], what: str) -> tuple[list[Relation], Relation]:
-    """Call ``f`` on fresh TableScans of the arguments, so each argument is a leaf of the plan."""
-    for i, r in enumerate(rels):
-        if not isinstance(r, Relation):
-            raise TypeError(f"{what}: argument {i} is a {type(r).__name__}, not a workbench Relation")
-    names = _arg_names(f, len(rels))
-    leaves = [Relation(Scan(r.schema, r.table(), name=n)) for r, n in zip(rels, names)]
-    out = f(*leaves)
-    if not isinstance(out, Relation):
-        raise TypeError(f"{what}: the program returned {type(out).__name__}; it must return one "
-                        f"workbench Relation (its loss or output).")
-    return leaves, out
-
-
-def _zero_gradient(primal: Node) -> Node:
+def zero_gradient(primal: Node) -> Node:
     """A symbolic zero made concrete: no tuples, or the one tuple of a keyless primal."""
     s = primal.schema
     if s.keys:
         table = Table(empty_keys(s.keys), jnp.zeros((0, *s.value_shape), s.dtype))
     else:
-        from polars import DataFrame
-        table = Table(DataFrame(), jnp.zeros((1, *s.value_shape), s.dtype))
+        table = Table(pl.DataFrame(), jnp.zeros((1, *s.value_shape), s.dtype))
     return Scan(s, table, name="zero", origin=primal)
 
 
-def _seed(out: Node) -> Node:
-    """The cotangent of a scalar loss: the one tuple ((), 1)."""
+def seed(out: Node) -> Node:
+    """The cotangent of a scalar loss: the one tuple ((), 1). A keyed or tensor-valued output is
+    seeded with ones of its shape (the backward plan of sum(out))."""
     s = out.schema
-    from polars import DataFrame
-    return Scan(s, Table(DataFrame(), jnp.ones((1,), s.dtype)), name="1", origin=out)
+    if s.keys or s.value_shape:
+        with emitting_for(out):
+            return select_node(out, kernel=Kernel(jnp.ones_like, name="ones"), label="seed")
+    return Scan(s, Table(pl.DataFrame(), jnp.ones((1,), s.dtype)), name="1", origin=out)
 
 
-def _check_scalar(out: Relation, what: str) -> None:
-    if out.keys or out.value_shape:
-        raise ValueError(
-            f"{what} needs a scalar loss (no keys, value shape ()), but the program returned a "
-            f"relation with keys {out.keys} and value shape {out.value_shape}. Reduce it with "
-            f"wb.aggregate(wb.select(R, kernel=jnp.sum), by=()), or use wb.vjp with a cotangent.")
+def gradient_nodes(out: Node, seed_node: Node, leaves: Sequence[Node]) -> list[Node]:
+    """The backward plan's outputs: one gradient node per leaf, a concrete zero where ``out``
+    does not depend on it."""
+    nodes = backward(out, seed_node, leaves)
+    return [n if n is not None else zero_gradient(leaf) for n, leaf in zip(nodes, leaves)]
 
 
-def _argnums(argnums, n: int, what: str) -> tuple[int, ...]:
-    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
-    for a in nums:
-        if not isinstance(a, int) or not -n <= a < n:
-            raise ValueError(f"{what}: argnums {argnums} is out of range for {n} argument(s)")
-    return tuple(a % n for a in nums)
+# ---- the per-tuple calculus: the kernels the rules emit ---------------------------------------
+
+def _ravel_cat(a, b):
+    return jnp.concatenate([jnp.ravel(a), jnp.ravel(b)])
 
 
-def _context(runner, stats: dict | None = None):
-    """A run's context: the local executor's, or the given runner's."""
-    return Context(stats=stats) if runner is None else runner.context(stats=stats)
+def pack_kernel() -> Kernel:
+    """(vl, vr) -> one flat vector: a relation holds one tensor per tuple."""
+    return Kernel(_ravel_cat, name="pack", arity=2)
 
 
-def _gradient_nodes(out: Relation, seed: Node, leaves: list[Relation], nums) -> list[Node]:
-    """The backward plan's outputs: one gradient node per requested argument, a concrete zero
-    where the output does not depend on it."""
-    nodes = backward(out.node, seed, [leaves[i].node for i in nums])
-    return [n if n is not None else _zero_gradient(leaves[i].node) for n, i in zip(nodes, nums)]
+def _unpack(p, lshape, rshape):
+    nl = int(np.prod(lshape, dtype=np.int64))
+    return p[:nl].reshape(lshape), p[nl:].reshape(rshape)
 
 
-def _grad_relations(out: Relation, seed: Node, leaves: list[Relation], nums, ctx: Context):
-    nodes = _gradient_nodes(out, seed, leaves, nums)
-    tables = run_plan(nodes, ctx)
-    grads = []
-    for node, table, i in zip(nodes, tables, nums):
-        g = Relation(node)
-        g._table = table
-        grads.append(g)
-    return grads
+def select_vjp_kernel(k: Kernel | None) -> Kernel:
+    """(v, g) -> g · dF/dv at v."""
+    if k is None:
+        return Kernel(_second, name="id", arity=2, uses=(False, True))
+    f = k.fn
+
+    def vjp(v, g):
+        return jax.vjp(f, v)[1](g)[0]
+
+    return Kernel(vjp, name=f"vjp({k.name})", arity=2)
 
 
-def vjp(f: Callable, *rels: Relation, runner=None):
-    """``(out, pullback)``: ``pullback(G_out)`` returns one gradient relation per argument.
-    ``runner`` (e.g. ``workbench.execute.ray.RayRunner``) runs both plans instead of the local
-    executor; so in ``value_and_grad``, ``grad`` and ``plans``."""
-    leaves, out = _trace(f, rels, "vjp")
-    ctx = _context(runner)
-    out._table = run_plan([out.node], ctx)[0]
-
-    def pullback(cotangent: Relation):
-        if not isinstance(cotangent, Relation):
-            raise TypeError(f"pullback: the cotangent must be a Relation, got {type(cotangent).__name__}")
-        if set(cotangent.keys) != set(out.keys) or cotangent.value_shape != out.value_shape:
-            raise PlanError(f"pullback: the cotangent {cotangent.schema.describe()} must have the "
-                            f"output's keys and value shape {out.schema.describe()}")
-        if cotangent.dtype != out.dtype:
-            raise PlanError(f"pullback: cotangent dtype {cotangent.dtype} differs from the output's "
-                            f"{out.dtype}")
-        seed = cotangent.node
-        if cotangent.keys != out.keys:
-            seed = select_node(seed, keys=tuple((k, k) for k in out.keys))
-        return tuple(_grad_relations(out, seed, leaves, range(len(leaves)), ctx))
-
-    return out, pullback
+def _second(_, g):
+    return g
 
 
-def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, runner=None):
-    """``f(*rels) -> (loss, grads)``; grads is one relation, or a tuple when argnums is a tuple."""
-    def run(*rels: Relation):
-        nums = _argnums(argnums, len(rels), "value_and_grad")
-        leaves, out = _trace(f, rels, "value_and_grad")
-        _check_scalar(out, "grad")
-        ctx = _context(runner)
-        out._table = run_plan([out.node], ctx)[0]
-        grads = _grad_relations(out, _seed(out.node), leaves, nums, ctx)
-        return out, (grads[0] if isinstance(argnums, int) else tuple(grads))
-    return run
+def broadcast_kernel() -> Kernel:
+    """(v, g) -> g: the transpose of a sum is a broadcast."""
+    return Kernel(_second, name="broadcast", arity=2, uses=(False, True))
 
 
-def grad(f: Callable, argnums: int | Sequence[int] = 0, runner=None):
-    """The gradient of a scalar relational loss with respect to the ``argnums`` arguments."""
-    vg = value_and_grad(f, argnums, runner)
-    return lambda *rels: vg(*rels)[1]
+def divide_kernel() -> Kernel:
+    return Kernel(_divide, name="divide", arity=2)
 
 
-def plans(f: Callable, *rels: Relation, argnums: int | Sequence[int] = 0,
-          analyze: bool = False, runner=None) -> Plans:
-    """The forward plan of ``f`` and the backward plan that computes the gradients of ``argnums``.
-    A non-scalar output is seeded with a cotangent of ones. With ``analyze``, both plans are run
-    and every node is annotated with its row count, wall time and output size (EXPLAIN ANALYZE)."""
-    nums = _argnums(argnums, len(rels), "plans")
-    leaves, out = _trace(f, rels, "plans")
-    if out.keys or out.value_shape:
-        with emitting_for(out.node):
-            seed = select_node(out.node, kernel=K.Kernel(jnp.ones_like, name="ones"), label="seed")
-    else:
-        seed = _seed(out.node)
-    nodes = _gradient_nodes(out, seed, leaves, nums)
-    names = _arg_names(f, len(rels))
-    stats = tables = None
-    if analyze:
-        ctx = _context(runner, stats={})
-        run_plan([out.node], ctx)
-        run_plan(nodes, ctx)
-        stats, tables = ctx.stats, ctx.memo
-    forward = Plan((out.node,), ("out",), "forward", stats=stats, tables=tables)
-    back = Plan(tuple(nodes), tuple(f"grad {names[i]}" for i in nums), "backward",
-                forward=forward, stats=stats, tables=tables)
-    return Plans(forward, back)
+def _divide(g, count):
+    return g / count
+
+
+def count_kernel(dtype: str) -> Kernel:
+    return Kernel(functools.partial(_one, dtype=dtype), name="one", arity=1, uses=(False,))
+
+
+def _one(_, dtype):
+    return jnp.ones((), dtype)
+
+
+def join_vjp_kernel(k: Kernel, side: str, lshape, rshape) -> Kernel:
+    """(pack(vl, vr), g) -> g · dF/dv_side at (vl, vr)."""
+    f = k.fn
+    lshape, rshape = tuple(lshape), tuple(rshape)
+
+    def vjp(packed, g):
+        vl, vr = _unpack(packed, lshape, rshape)
+        if side == "left":
+            return jax.vjp(lambda a: f(a, vr), vl)[1](g)[0]
+        return jax.vjp(lambda b: f(vl, b), vr)[1](g)[0]
+
+    vjp.__qualname__ = f"{k.name}_vjp_{side}"
+    return Kernel(vjp, name=f"vjp_{side}({k.name})", arity=2, parts=("join_vjp", k, side))
+
+
+def is_pack(k: Kernel) -> bool:
+    """Whether ``k`` packs a join's pair of values (the pairs of the join RJP)."""
+    return k.fn is _ravel_cat
+
+
+def is_broadcast(k: Kernel) -> bool:
+    """Whether ``k`` is (v, g) -> g (the cotangent broadcast to the tuples it reaches)."""
+    return k.fn is _second
+
+
+def unpacked_join_vjp(k: Kernel) -> Kernel | None:
+    """For a ``join_vjp_kernel`` of (pack(vl, vr), g), the same function of (vl, vr, g): an
+    executor can then gather vl and vr from the joined relations instead of building the pairs.
+    None for any other kernel."""
+    if not k.parts or k.parts[0] != "join_vjp":
+        return None
+    _, fk, side = k.parts
+    f = fk.fn
+
+    def vjp(vl, vr, g):
+        if side == "left":
+            return jax.vjp(lambda a: f(a, vr), vl)[1](g)[0]
+        return jax.vjp(lambda b: f(vl, b), vr)[1](g)[0]
+
+    vjp.__qualname__ = f"{fk.name}_vjp_{side}"
+    return Kernel(vjp, name=k.name, arity=3)

@@ -37,3 +37,12 @@ def empty_keys(names: tuple[str, ...]) -> pl.DataFrame:
 
 def make_table(keys: pl.DataFrame, values) -> Table:
     return Table(keys, jnp.asarray(values))
+
+
+def spare_name(columns, base: str) -> str:
+    """A column name that is not in ``columns``: ``base``, ``base_``, ``base__``, ..."""
+    taken = set(columns)
+    name = base
+    while name in taken:
+        name += "_"
+    return name

@@ -1,5 +1,5 @@
-"""Plans a person can read: an EXPLAIN-like text listing, Graphviz DOT, rendered SVG/PNG, and a
-combined forward + backward view.
+"""Plans a person can read: the ``Plan`` a program's forward or backward pass is, an EXPLAIN-like
+text listing, Graphviz DOT, rendered SVG/PNG, and a combined forward + backward view.
 
 Text first, DOT second, the picture last: ``plan_to_text`` and ``plan_to_dot`` need nothing but
 the plan; only ``render`` runs Graphviz's ``dot`` binary. Nodes are numbered ``F1, F2, ...`` in
@@ -11,11 +11,73 @@ from __future__ import annotations
 import html
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
-from workbench.plan import Node, Plan, toposort
+import jax
+
+from workbench.plan import Node, toposort
+
+# ---- plans ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """A DAG of nodes with named outputs: a forward program or the backward plan derived from it.
+
+    ``to_text`` and ``to_dot`` show the logical plan as built, before any rewrite. A backward
+    plan knows its ``forward`` plan, whose results it reads. After ``wb.plans(..., analyze=True)``
+    ``stats`` maps each node to its row count, wall time and output size, and ``tables`` to its
+    result.
+    """
+
+    outputs: tuple[Node, ...]
+    names: tuple[str, ...]
+    direction: str = "forward"  # "forward" | "backward"
+    forward: "Plan | None" = field(default=None, compare=False, repr=False)
+    stats: Any = field(default=None, compare=False)  # Node -> NodeStats, once executed
+    tables: Any = field(default=None, compare=False, repr=False)  # Node -> Table, once executed
+
+    def nodes(self) -> list[Node]:
+        return toposort(self.outputs)
+
+    def to_text(self, analyze: bool = False) -> str:
+        return plan_to_text(self, analyze=analyze)
+
+    def to_dot(self, analyze: bool = False) -> str:
+        return plan_to_dot(self, analyze=analyze)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return mimebundle(self)
+
+    def __repr__(self) -> str:
+        return self.to_text()
+
+
+class Plans(tuple):
+    """``(forward, backward)`` as ``wb.plans`` returns them, plus the combined view: the forward
+    plan, the backward plan beside it, and dashed links where the backward reads the forward."""
+
+    def __new__(cls, forward: Plan, backward: Plan):
+        return super().__new__(cls, (forward, backward))
+
+    @property
+    def forward(self) -> Plan:
+        return self[0]
+
+    @property
+    def backward(self) -> Plan:
+        return self[1]
+
+    def to_text(self, analyze: bool = False) -> str:
+        return self[0].to_text(analyze) + "\n\n" + self[1].to_text(analyze)
+
+    def to_dot(self, analyze: bool = False) -> str:
+        return combined_to_dot(self[0], self[1], analyze=analyze)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return mimebundle(self)
+
 
 # ---- the visual language --------------------------------------------------------------------
 
@@ -58,8 +120,9 @@ class Numbering:
         return self.ids[node]
 
 
-def _name(node: Node) -> str:
-    return getattr(node, "name", None) or node.label or ""
+def own_name(node: Node) -> str:
+    """The node's own name or label, or "" (its kind is shown beside it anyway)."""
+    return node.display_name if node.named else ""
 
 
 def _shape(node: Node) -> str:
@@ -79,7 +142,7 @@ def edge_text(node: Node) -> str:
 def describe(node: Node) -> str:
     """One line: the operator, its name or label, and its parameters."""
     head = node.kind
-    name = _name(node)
+    name = own_name(node)
     if name:
         head += f" {name}"
     params = "  ".join(f"{k}: {v}" for k, v in node.params().items() if k != "name")
@@ -172,7 +235,7 @@ def _label(num: Numbering, node: Node, plan: Plan | None, analyze: bool, referen
     """An HTML-like label: the node number and operator in bold, then one line per parameter
     (only the kernel, ``by`` and predicate when ``compact``)."""
     head = f"<B>{num[node]} {html.escape(node.kind)}</B>"
-    name = _name(node)
+    name = own_name(node)
     if name:
         head += f" {html.escape(name)}"
     rows = [head]
@@ -346,6 +409,10 @@ def render(plan, format: str = "svg", path: str | Path | None = None, analyze: b
     bytes; with ``path``, also write it there."""
     if format not in ("svg", "png", "pdf"):
         raise ValueError(f"render: format must be 'svg', 'png' or 'pdf', got {format!r}")
+    if not callable(getattr(plan, "to_dot", None)):
+        raise TypeError(f"render: expects a plan (wb.plans(f, *rels) or one of its two plans), got "
+                        f"{type(plan).__name__}; to draw a relation's plan, render "
+                        f"wb.plans(lambda R: ..., R)")
     source = plan.to_dot(analyze=analyze) if analyze else plan.to_dot()
     exe = shutil.which("dot")
     if exe is None:
@@ -355,8 +422,13 @@ def render(plan, format: str = "svg", path: str | Path | None = None, analyze: b
     if proc.returncode != 0:
         raise RuntimeError(f"dot failed (exit {proc.returncode}): {proc.stderr.decode(errors='replace')}")
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_bytes(proc.stdout)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_bytes(proc.stdout)
+        except OSError as exc:
+            raise OSError(exc.errno, f"render: cannot write the picture to {str(path)!r} "
+                                     f"({exc.strerror}); pass a path in a writable directory, "
+                                     f"or path=None to get the bytes only") from exc
     return proc.stdout
 
 
@@ -373,10 +445,8 @@ def mimebundle(plan) -> dict:
 def kernel_jaxprs(node: Node) -> tuple[str, str] | None:
     """The jaxpr of a node's per-tuple kernel and of its VJP (cotangent in, one cotangent per
     argument out), or None for nodes without a kernel."""
-    import jax
-
     kernel = getattr(node, "kernel", None)
-    if kernel is None or isinstance(kernel, str):
+    if kernel is None:
         return None
     args = [jax.ShapeDtypeStruct(i.schema.value_shape, i.schema.dtype) for i in node.inputs]
     ct = jax.ShapeDtypeStruct(node.schema.value_shape, node.schema.dtype)
@@ -403,75 +473,3 @@ def node_details(plan: Plan, node: Node, num: Numbering | None = None, sample: i
         rows.append(f"<p><b>kernel</b> {html.escape(node.kernel.name)}</p><pre>{html.escape(jaxprs[0])}</pre>")
         rows.append(f"<p><b>its VJP</b></p><pre>{html.escape(jaxprs[1])}</pre>")
     return "\n".join(rows)
-
-
-class Explorer:
-    """Step through a backward derivation one forward operator at a time (the order the backward
-    loop visits them), and inspect any node: schema, sample tuples, kernel and kernel VJP."""
-
-    def __init__(self, plans_):
-        import ipywidgets as widgets
-
-        self.forward, self.backward = plans_
-        self.order = rule_order(self.forward, self.backward)
-        self.num = Numbering.of(self.backward)
-        self.step = widgets.IntSlider(value=len(self.order), min=0, max=len(self.order),
-                                      description="RJP step", continuous_update=False)
-        self.caption = widgets.HTML()
-        self.graph = widgets.HTML()
-        nodes = toposort(list(self.forward.outputs)) + [
-            n for n in toposort(list(self.backward.outputs)) if n.is_backward]
-        self.nodes = {self.num[n]: n for n in nodes}
-        self.choose = widgets.Dropdown(options=[(f"{k} {n.kind} {_name(n)}".strip(), k)
-                                                for k, n in self.nodes.items()],
-                                       description="node")
-        self.detail = widgets.HTML()
-        self.step.observe(lambda change: self.show_step(change["new"]), names="value")
-        self.choose.observe(lambda change: self.show_node(change["new"]), names="value")
-        self.widget = widgets.VBox([self.step, self.caption, self.graph, self.choose, self.detail])
-        self.show_step(self.step.value)
-        self.show_node(self.choose.value)
-
-    def show_step(self, k: int) -> None:
-        current = self.order[k - 1] if k else None
-        if current is None:
-            self.caption.value = "<p>Step 0: the forward plan; no RJP rule has run yet.</p>"
-        else:
-            emitted = [self.num[n] for n in toposort(list(self.backward.outputs))
-                       if n.is_backward and n.origin is current]
-            self.caption.value = (f"<p>Step {k} of {len(self.order)}: the RJP rule of "
-                                  f"<b>{self.num[current]} {current.kind}</b> emitted "
-                                  f"{', '.join(emitted)}.</p>")
-        dot = combined_to_dot(self.forward, self.backward, analyze=self.backward.stats is not None,
-                              upto=k, highlight=current)
-        if shutil.which("dot") is not None:
-            self.graph.value = render(_Source(dot), format="svg").decode()
-        else:
-            self.graph.value = f"<pre>{html.escape(dot)}</pre>"
-        if current is not None:
-            self.choose.value = self.num[current]
-
-    def show_node(self, key: str) -> None:
-        node = self.nodes[key]
-        plan = self.backward if node.is_backward else self.forward
-        self.detail.value = node_details(plan, node, self.num)
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
-
-@dataclass(frozen=True)
-class _Source:
-    """DOT source that ``render`` accepts."""
-
-    dot: str
-
-    def to_dot(self, analyze: bool = False) -> str:
-        return self.dot
-
-
-def explore(f, *rels, argnums=0) -> Explorer:
-    """An ipywidgets explorer of ``f``'s forward and backward plans, run once for statistics."""
-    from workbench.rjp import plans
-
-    return Explorer(plans(f, *rels, argnums=argnums, analyze=True))

@@ -8,6 +8,7 @@ Sources and licences are in ``datasets/README.md`` (section "Graphs").
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -15,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
+from workbench.errors import RelationError
 from workbench.relation import Relation, default_dtype, from_frame, from_tensor
 
 
@@ -158,48 +160,40 @@ def _missing(path: Path, name: str) -> FileNotFoundError:
 def load_linqs(directory: str | Path, name: str | None = None, train_per_class: int = 20,
                n_val: int = 500, n_test: int = 1000, seed: int = 0) -> Graph:
     """Cora or CiteSeer in the LINQS format from ``directory`` (e.g. ``datasets/cora``):
-    ``<name>.content`` has one line per paper, tab separated: paper id, binary word features,
-    label; ``<name>.cites`` has one line per citation: cited id, citing id. ``name`` defaults to
-    the directory's name. Citations are made undirected; those naming papers that are not in the
-    content file (CiteSeer has some) and self-citations are dropped. The split is random and
-    stratified (``train_per_class`` per class, then ``n_val`` and ``n_test``), not Planetoid's
-    fixed indices."""
+    ``<name>.content`` has one line per paper, tab separated: paper id, word features (numbers,
+    0/1 in LINQS), label; ``<name>.cites`` has one line per citation: cited id, citing id. ``name``
+    defaults to the directory's name. The whitespace around each field is stripped and blank lines
+    are skipped. Citations are made undirected; self-citations are dropped, and so are citations
+    naming papers that are not in the content file (CiteSeer has some), with a ``UserWarning``
+    giving their count, which ``Graph.source`` also records. The split is random and stratified
+    (``train_per_class`` per class, then ``n_val`` and ``n_test``), not Planetoid's fixed indices.
+
+    ``RelationError`` (a ``ValueError``) names the file and the 1-based line of the first
+    malformed line: a content line whose field count differs from the other lines' (truncated or
+    extra fields), a feature that is not a finite number, an empty id or label, a paper id listed
+    twice, or a cites line without exactly two ids."""
     directory = Path(directory)
     name = name or directory.name
     content, cites = directory / f"{name}.content", directory / f"{name}.cites"
     for path in (content, cites):
         if not path.is_file():
             raise _missing(path, name)
-    rows = _read_tsv(content)
-    if rows.width < 3:
-        raise ValueError(f"load_linqs: '{content}' has {rows.width} column(s) per line; expected a "
-                         f"paper id, at least one feature and a label, tab separated")
-    ids = rows[:, 0]
-    if ids.is_duplicated().any():
-        raise ValueError(f"load_linqs: '{content}' lists paper id '{ids.filter(ids.is_duplicated())[0]}' "
-                         f"more than once")
-    try:
-        features = rows[:, 1:-1].select(pl.all().cast(pl.Float32)).to_numpy()
-    except pl.exceptions.PolarsError as exc:
-        raise ValueError(f"load_linqs: '{content}': the columns between the paper id and the label "
-                         f"must be numbers (0/1 word indicators): {exc}") from None
-    names = rows[:, -1]
-    class_names = tuple(sorted(names.unique().to_list()))
-    labels = names.replace_strict(class_names, list(range(len(class_names))),
-                                  return_dtype=pl.Int64).to_numpy()
-    links = _read_tsv(cites)
-    if links.width != 2:
-        raise ValueError(f"load_linqs: '{cites}' has {links.width} column(s) per line; expected two "
-                         f"(cited paper id, citing paper id)")
+    ids, features, labels, class_names = _read_content(content)
+    links = _read_cites(cites)
     index = pl.DataFrame({"id": ids, "i": np.arange(len(ids), dtype=np.int64)})
-    pairs = (links.rename({links.columns[0]: "cited", links.columns[1]: "citing"})
-             .join(index.rename({"id": "cited", "i": "dst"}), on="cited", how="inner")
+    pairs = (links.join(index.rename({"id": "cited", "i": "dst"}), on="cited", how="inner")
              .join(index.rename({"id": "citing", "i": "src"}), on="citing", how="inner"))
+    unknown = links.join(pairs.select("line_no"), on="line_no", how="anti").sort("line_no")
+    dropped = unknown.height
+    if dropped:
+        first = unknown.row(0, named=True)
+        warnings.warn(f"load_linqs: {dropped} of {links.height} citation(s) in '{cites}' name a paper "
+                      f"id missing from '{content}' and are dropped (the first on line "
+                      f"{first['line_no']}: cited {first['cited']!r}, citing {first['citing']!r})", stacklevel=2)
     n = len(ids)
     src, dst = _undirected(pairs["src"].to_numpy(), pairs["dst"].to_numpy(), n)
     train, val, test = stratified_split(labels, len(class_names), train_per_class, n_val, n_test,
                                         np.random.default_rng(seed))
-    dropped = links.height - pairs.height
     return Graph(name, n, src, dst, features, labels, len(class_names), train, val, test,
                  class_names=class_names,
                  source=f"LINQS {name} ({LINQS.get(name, 'https://linqs.org/datasets/')}), read from "
@@ -208,14 +202,92 @@ def load_linqs(directory: str | Path, name: str | None = None, train_per_class: 
 
 
 def _read_tsv(path: Path) -> pl.DataFrame:
+    """The non-blank lines of a LINQS file: 1-based ``line_no``, the raw ``line``, and ``parts``,
+    its tab-separated fields with the whitespace around each stripped."""
+    data = path.read_bytes()
     try:
-        return pl.read_csv(path, separator="\t", has_header=False, infer_schema=False,
-                           quote_char=None)
-    except pl.exceptions.NoDataError:
-        raise ValueError(f"load_linqs: '{path}' is empty") from None
-    except pl.exceptions.ComputeError as exc:
-        raise ValueError(f"load_linqs: '{path}' is not tab-separated with one record per line and a "
-                         f"fixed number of columns: {exc}") from None
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise RelationError(f"load_linqs: '{path}', line {line}: not UTF-8 text ({exc.reason} at "
+                            f"byte {exc.start})") from None
+    lines = pl.DataFrame({"line": text.replace("\r\n", "\n").replace("\r", "\n").split("\n")},
+                         schema={"line": pl.String}).with_row_index("line_no", offset=1)
+    lines = lines.filter(pl.col("line").str.strip_chars() != "")
+    if lines.height == 0:
+        raise RelationError(f"load_linqs: '{path}' is empty")
+    return lines.with_columns(
+        pl.col("line").str.split("\t").list.eval(pl.element().str.strip_chars()).alias("parts"))
+
+
+def _line_error(path: Path, row: dict, what: str, n_bad: int = 1) -> RelationError:
+    more = f" ({n_bad} such line(s))" if n_bad > 1 else ""
+    line = row["line"] if len(row["line"]) <= 80 else row["line"][:77] + "..."
+    return RelationError(f"load_linqs: '{path}', line {row['line_no']}: {what}: {line!r}{more}")
+
+
+def _read_content(path: Path):
+    """Paper ids (a String Series), features (n, d) float32, labels (n,) int64 and the sorted
+    class names of a ``.content`` file."""
+    rows = _read_tsv(path).with_columns(pl.col("parts").list.len().alias("width"))
+    # the expected width is the most common one (the larger on a tie): the odd lines are reported
+    widths = rows.group_by("width").len().sort(["len", "width"], descending=True)
+    width = widths["width"][0]
+    if width < 3:
+        row = rows.filter(pl.col("width") == width).row(0, named=True)
+        hint = "; separate the fields with tabs, not spaces" if " " in row["line"].strip() else ""
+        raise _line_error(path, row, f"{width} tab-separated field(s); expected a paper id, at least "
+                                     f"one feature and a label{hint}")
+    odd = rows.filter(pl.col("width") != width)
+    if odd.height:
+        row = odd.row(0, named=True)
+        raise _line_error(path, row, f"{row['width']} tab-separated field(s) where most lines have "
+                                     f"{width} (paper id, {width - 2} features, label); the line is "
+                                     f"truncated or has extra fields", odd.height)
+    rows = rows.with_columns(pl.col("parts").list.first().alias("id"),
+                             pl.col("parts").list.last().alias("label"),
+                             pl.col("parts").list.slice(1, width - 2).alias("raw"))
+    for column, what in (("id", "the paper id"), ("label", "the label")):
+        empty = rows.filter(pl.col(column) == "")
+        if empty.height:
+            raise _line_error(path, empty.row(0, named=True), f"{what} is empty", empty.height)
+    rows = rows.with_columns(pl.col("raw").list.eval(pl.element().cast(pl.Float32, strict=False))
+                             .alias("x"))
+    bad = pl.element().is_null() | pl.element().is_nan() | pl.element().is_infinite()
+    wrong = rows.filter(pl.col("x").list.eval(bad).list.any())
+    if wrong.height:
+        row = wrong.row(0, named=True)
+        k = next(i for i, v in enumerate(row["x"]) if v is None or not np.isfinite(v))
+        raise _line_error(path, row, f"feature {k + 1} (field {k + 2}) is {row['raw'][k]!r}, not a "
+                                     f"finite float32 number; the features between the paper id and the "
+                                     f"label must be numbers (0/1 word indicators)", wrong.height)
+    twice = rows.filter(pl.col("id").is_duplicated())
+    if twice.height:
+        first = twice.row(0, named=True)
+        again = twice.filter(pl.col("id") == first["id"]).row(1, named=True)
+        raise _line_error(path, again, f"paper id {first['id']!r} is already on line "
+                                       f"{first['line_no']}; list each paper once")
+    features = rows.select(pl.col("x").list.to_array(width - 2)).to_series().to_numpy()
+    class_names = tuple(sorted(rows["label"].unique().to_list()))
+    labels = rows["label"].replace_strict(class_names, list(range(len(class_names))),
+                                          return_dtype=pl.Int64).to_numpy()
+    return rows["id"], features.reshape(rows.height, width - 2), labels, class_names
+
+
+def _read_cites(path: Path) -> pl.DataFrame:
+    """The citations of a ``.cites`` file: ``line_no``, ``cited`` and ``citing`` paper ids."""
+    rows = _read_tsv(path)
+    odd = rows.filter(pl.col("parts").list.len() != 2)
+    if odd.height:
+        row = odd.row(0, named=True)
+        raise _line_error(path, row, f"expected 2 tab-separated fields (cited paper id, citing paper "
+                                     f"id), got {len(row['parts'])}; the line is truncated or has "
+                                     f"extra fields", odd.height)
+    empty = rows.filter(pl.col("parts").list.eval(pl.element() == "").list.any())
+    if empty.height:
+        raise _line_error(path, empty.row(0, named=True), "a paper id is empty", empty.height)
+    return rows.select("line_no", pl.col("parts").list.first().alias("cited"),
+                       pl.col("parts").list.last().alias("citing"))
 
 
 # ---- synthetic graphs --------------------------------------------------------------------------

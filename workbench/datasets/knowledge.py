@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from workbench.errors import RelationError
 from workbench.relation import Relation, default_dtype, from_frame
 
 ROOT = Path(__file__).resolve().parents[2] / "datasets"
 SHIPPED = ("nations", "kinships", "umls")
 SPLITS = ("train", "valid", "test")
 COLUMNS = ("h", "r", "t")
+COLUMNS_LONG = ("head", "relation", "tail")
 
 
 @dataclass(frozen=True)
@@ -63,23 +65,73 @@ class Triples:
         return f"Triples({self.summary()})"
 
 
+def _lines(path: Path) -> pl.DataFrame:
+    """The non-blank lines of a text file: 1-based ``line_no``, the raw ``line``, and ``parts``, its
+    tab-separated fields with the whitespace around each stripped. A UTF-8 byte-order mark is
+    dropped; line ends are LF, CRLF or CR."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise RelationError(f"{str(path)!r}, line {line}: not UTF-8 text ({exc.reason} at byte "
+                            f"{exc.start}); save the file as UTF-8") from None
+    lines = pl.DataFrame({"line": text.replace("\r\n", "\n").replace("\r", "\n").split("\n")},
+                         schema={"line": pl.String}).with_row_index("line_no", offset=1)
+    return lines.filter(pl.col("line").str.strip_chars() != "").with_columns(
+        pl.col("line").str.split("\t").list.eval(pl.element().str.strip_chars()).alias("parts"))
+
+
+# Column names of a header line, per field, in lower case; a leading '#' is ignored.
+HEADER = (("head", "head_entity", "subject", "source"),
+          ("relation", "rel", "predicate"),
+          ("tail", "tail_entity", "object", "target"))
+
+
+def _is_header() -> pl.Expr:
+    def field(i: int) -> pl.Expr:
+        name = pl.col("parts").list.get(i, null_on_oob=True).str.to_lowercase()
+        return name.str.strip_chars_start("#").str.strip_chars().is_in(HEADER[i])
+    return pl.all_horizontal(field(i) for i in range(3)).fill_null(False)
+
+
 def _read(path: Path) -> pl.DataFrame:
-    """One split file: three tab-separated string columns, no header, duplicates dropped."""
+    """One split file as a frame of (h, r, t) names, repeated triples kept once; the format and
+    the checks are in ``from_tsv``."""
     if not path.is_file():
         raise FileNotFoundError(f"knowledge graph split file {str(path)!r} does not exist; give the "
                                 f"path of a tab-separated file with one 'head<TAB>relation<TAB>tail' "
                                 f"line per triple")
-    lines = pl.DataFrame({"line": path.read_text(encoding="utf-8").splitlines()},
-                         schema={"line": pl.String})
-    parts = lines.with_row_index("line_no", offset=1).filter(
-        pl.col("line").str.strip_chars() != "").with_columns(pl.col("line").str.split("\t").alias("parts"))
-    bad = parts.filter(pl.col("parts").list.len() != 3)
+    rows = _lines(path).with_columns(_is_header().alias("header"))
+    if rows.height and rows["header"][0]:
+        rows = rows.slice(1)
+    count = pl.col("parts").list.len()
+    empty = pl.col("parts").list.eval(pl.element() == "").list.any()
+    bad = rows.filter((count != 3) | pl.col("header") | empty)
     if bad.height:
-        no, line = bad["line_no"][0], bad["line"][0]
-        raise ValueError(f"{str(path)!r}, line {no}: expected 3 tab-separated fields (head, relation, "
-                         f"tail), got {len(line.split(chr(9)))}: {line!r} ({bad.height} such line(s))")
-    frame = parts.select(pl.col("parts").list.to_struct(fields=list(COLUMNS))).unnest("parts")
+        raise RelationError(_bad_line(path, bad.row(0, named=True), bad.height))
+    frame = rows.select(pl.col("parts").list.to_struct(fields=list(COLUMNS))).unnest("parts")
     return frame.unique(maintain_order=True)
+
+
+def _bad_line(path: Path, row: dict, n_bad: int) -> str:
+    """The message for the first bad line of a split file."""
+    where = f"{str(path)!r}, line {row['line_no']}"
+    parts, line = row["parts"], row["line"]
+    more = f" ({n_bad} bad line(s) in the file)" if n_bad > 1 else ""
+    if len(parts) != 3:
+        hint = ""
+        if len(parts) == 1 and " " in line.strip():
+            hint = "; separate the fields with tabs, not spaces"
+        elif len(parts) > 3 and all(p == "" for p in parts[3:]):
+            hint = "; remove the trailing tab(s)"
+        return (f"{where}: expected 3 tab-separated fields (head, relation, tail), got "
+                f"{len(parts)}: {line!r}{hint}{more}")
+    if row["header"]:
+        return (f"{where}: {line!r} looks like a header; only the first line of a file may name "
+                f"the columns: remove this line{more}")
+    field = COLUMNS_LONG[parts.index("")]
+    return f"{where}: the {field} name is empty: {line!r}{more}"
 
 
 def _encode(frames: dict[str, pl.DataFrame], name: str) -> Triples:
@@ -106,7 +158,16 @@ def _encode(frames: dict[str, pl.DataFrame], name: str) -> Triples:
 
 def from_tsv(train, valid=None, test=None, name: str | None = None) -> Triples:
     """A knowledge graph from tab-separated files of (head, relation, tail) names; ``valid`` and
-    ``test`` may be left out (empty splits). Repeated triples within a file are kept once."""
+    ``test`` may be left out (empty splits). Repeated triples within a file are kept once.
+
+    Each file has one ``head<TAB>relation<TAB>tail`` line per triple. The whitespace around each
+    name is stripped (``'b '`` is ``'b'``) and blank lines are skipped. A header is optional: a
+    first non-blank line whose fields name the columns (the names in ``HEADER``, e.g.
+    ``head<TAB>relation<TAB>tail`` or ``subject<TAB>predicate<TAB>object``, any case, an optional
+    leading ``#``) is skipped, and such a line anywhere else is refused. Any other header is read
+    as a triple. ``RelationError`` (a ``ValueError``) names the file and the 1-based line of the
+    first line that does not have exactly 3 fields or has an empty name, or of a file that is not
+    UTF-8."""
     paths = {"train": train, "valid": valid, "test": test}
     frames = {s: _read(Path(p)) for s, p in paths.items() if p is not None}
     return _encode(frames, name or Path(train).parent.name or "triples")

@@ -9,55 +9,51 @@ import functools
 import time
 from dataclasses import dataclass, field
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import polars as pl
 
-from workbench import kernels as K
+from workbench import sparse
 from workbench.errors import PlanError
-from workbench.plan import Add, Aggregate, Join, Node, Scan, Select, toposort
+from workbench.execute import batched as K
+from workbench.execute.base import Context, Executor, NodeStats
 from workbench.physical import JoinAggregate, PairJoin, SpMM
-from workbench.table import Table, empty_keys
+from workbench.plan import Add, Aggregate, Join, Node, Scan, Select, toposort
+from workbench.table import Table, spare_name
 
 
 @dataclass
-class NodeStats:
-    rows: int
-    seconds: float
-    nbytes: int
-    fused: bool = False  # computed inside a physical node: no time or table of its own
-    partitions: tuple[int, ...] | None = None  # rows per partition, on a partitioned runner
+class LocalContext(Context):
+    """A local run's context: results and stats per node (``Context``), and the row pairings of
+    joins, so a re-join of the same inputs (the join RJP's) reuses the forward match."""
 
-
-@dataclass
-class Context:
-    """What one run keeps: results per node (so a backward plan reuses forward intermediates),
-    the row pairings of joins (so a re-join of the same inputs reuses the match), and stats."""
-
-    memo: dict = field(default_factory=dict)  # Node -> Table
     matches: dict = field(default_factory=dict)  # (left node, right node, on) -> (li, ri, frame)
-    stats: dict | None = None  # Node -> NodeStats, when analyzing
 
 
-def execute(outputs, ctx: Context | None = None) -> list[Table]:
-    """Evaluate ``outputs`` (plan nodes), computing each reachable node once."""
-    ctx = ctx if ctx is not None else Context()
-    for node in toposort(list(outputs)):
-        if node in ctx.memo:
-            continue
-        inputs = [ctx.memo[i] for i in node.inputs]
-        start = time.perf_counter()
-        table = run_node(node, inputs, ctx)
-        if ctx.stats is not None:
-            table.values.block_until_ready()
-            ctx.stats[node] = NodeStats(table.height, time.perf_counter() - start, table.nbytes)
-        ctx.memo[node] = table
-    return [ctx.memo[o] for o in outputs]
+class LocalExecutor(Executor):
+    """The interpreter: one process, node by node, Polars for keys and JAX for values. It is the
+    reference every other executor is compared with, and it times each node (EXPLAIN ANALYZE)."""
+
+    name = "local"
+
+    def context(self, stats: dict | None = None) -> LocalContext:
+        return LocalContext(stats=stats)
+
+    def execute(self, outputs, ctx: LocalContext) -> None:
+        for node in toposort(list(outputs)):
+            if node in ctx.memo:
+                continue
+            inputs = [ctx.memo[i] for i in node.inputs]
+            start = time.perf_counter()
+            table = run_node(node, inputs, ctx)
+            if ctx.stats is not None:
+                table.values.block_until_ready()
+                ctx.stats[node] = NodeStats(table.height, time.perf_counter() - start, table.nbytes)
+            ctx.memo[node] = table
 
 
 @functools.singledispatch
-def run_node(node: Node, inputs: list[Table], ctx: Context) -> Table:
+def run_node(node: Node, inputs: list[Table], ctx: LocalContext) -> Table:
     raise NotImplementedError(f"the local executor has no implementation for {type(node).__name__}")
 
 
@@ -66,7 +62,7 @@ def _scan(node: Scan, inputs, ctx) -> Table:
     return node.table
 
 
-def _check_unique(keys: pl.DataFrame, height: int, node: Node, what: str) -> None:
+def check_unique(keys: pl.DataFrame, height: int, node: Node, what: str) -> None:
     """A key projection that drops keys must still give every tuple its own key."""
     dup = height > 1 if keys.width == 0 else bool(keys.is_duplicated().any())
     if dup:
@@ -90,7 +86,7 @@ def _select(node: Select, inputs, ctx) -> Table:
             kept = base.filter(node.pred)
         except pl.exceptions.PolarsError as exc:
             raise PlanError(
-                f"select over '{_name(node.input)}': pred {node.pred} failed on the key columns "
+                f"select over '{node.input.display_name}': pred {node.pred} failed on the key columns "
                 f"{keys.columns}: {exc}. pred must be one boolean Polars expression over key "
                 f"columns, e.g. pl.col('row') == 0.") from exc
         rows = kept[idx].to_numpy()
@@ -98,7 +94,7 @@ def _select(node: Select, inputs, ctx) -> Table:
     out = keys.select([pl.col(i).alias(o) for o, i in node.keys]) if node.keys else pl.DataFrame()
     n = t.height if rows is None else len(rows)
     if node.drops_keys:
-        _check_unique(out, n, node, f"select over '{_name(node.input)}'")
+        check_unique(out, n, node, f"select over '{node.input.display_name}'")
     if node.kernel is not None:
         values = K.apply(node.kernel, [(t.values, rows)], [node.input.schema.value_shape], t.values.dtype.name)
     elif rows is not None:
@@ -108,13 +104,13 @@ def _select(node: Select, inputs, ctx) -> Table:
     return Table(out, values)
 
 
-def _match(node: Join, lt: Table, rt: Table, ctx: Context):
+def _match(node: Join, lt: Table, rt: Table, ctx: LocalContext):
     """Row pairs (li, ri) of the equi-join, and a frame with every key of both sides."""
     return _match_keys(node.left, node.right, node.on, lt.keys, lt.height, rt.keys, rt.height, ctx)
 
 
 def _match_keys(left, right, on, lkeys: pl.DataFrame, lheight: int, rkeys: pl.DataFrame,
-                rheight: int, ctx: Context):
+                rheight: int, ctx: LocalContext):
     """The match of two key frames, cached in ``ctx.matches`` under (left, right, on)."""
     cache_key = (left, right, on)
     if cache_key in ctx.matches:
@@ -182,8 +178,6 @@ def _join_aggregate(node: JoinAggregate, inputs, ctx) -> Table:
 
 @run_node.register
 def _spmm(node: SpMM, inputs, ctx) -> Table:
-    from workbench import sparse
-
     rows = inputs[2] if node.rows is not None else None
     args = (inputs[0], node.row_key, node.col_key, node.shape, inputs[1], node.out_key, rows)
     if ctx.stats is None:
@@ -194,7 +188,7 @@ def _spmm(node: SpMM, inputs, ctx) -> Table:
     return table
 
 
-def _fused(ctx: Context, node: Node | None, rows: int) -> None:
+def _fused(ctx: LocalContext, node: Node | None, rows: int) -> None:
     """Statistics of a node a physical node computes inside itself: its rows; no time or bytes
     of its own (they are the physical node's)."""
     if ctx.stats is not None and node is not None:
@@ -218,15 +212,15 @@ def _join_parts(node: Node, inputs, ctx):
         _fused(ctx, node.pairs, len(li))
         out = _project(frame2, node.keys)
         if node.drops_keys:
-            _check_unique(out, len(ti), node, f"join of the pairs of '{_name(node.left)}' and "
-                                              f"'{_name(node.right)}' with '{_name(node.cotangent)}'")
+            check_unique(out, len(ti), node, f"join of the pairs of '{node.left.display_name}' and "
+                                              f"'{node.right.display_name}' with '{node.cotangent.display_name}'")
         args = [(lt.values, li[ti]), (rt.values, ri[ti]), (ct.values, ci)]
         return out, args, [n.schema.value_shape for n in node.inputs]
     lt, rt = inputs
     li, ri, frame = _match(node, lt, rt, ctx)
     out = _project(frame, node.keys)
     if node.drops_keys:
-        _check_unique(out, len(li), node, f"join of '{_name(node.left)}' and '{_name(node.right)}'")
+        check_unique(out, len(li), node, f"join of '{node.left.display_name}' and '{node.right.display_name}'")
     shapes = [node.left.schema.value_shape, node.right.schema.value_shape]
     return out, [(lt.values, li), (rt.values, ri)], shapes
 
@@ -247,10 +241,11 @@ def group_ids(keys: pl.DataFrame, by: tuple[str, ...], extents: tuple[int, ...])
         cols = np.unravel_index(present, extents)
         out = pl.DataFrame({k: c.astype(np.int64) for k, c in zip(by, cols)})
         return remap[lin], out, len(present)
-    groups = keys.select(by).with_row_index("_i").group_by(by).agg(pl.col("_i"))
-    members = groups.select(pl.col("_i"), pl.int_range(pl.len()).alias("_g")).explode("_i")
+    row, group = spare_name(by, "_i"), spare_name(by, "_g")
+    groups = keys.select(by).with_row_index(row).group_by(by).agg(pl.col(row))
+    members = groups.select(pl.col(row), pl.int_range(pl.len()).alias(group)).explode(row)
     ids = np.empty(n, np.int64)
-    ids[members["_i"].to_numpy()] = members["_g"].to_numpy()
+    ids[members[row].to_numpy()] = members[group].to_numpy()
     return ids, groups.select(by), groups.height
 
 
@@ -260,11 +255,11 @@ def _aggregate(node: Aggregate, inputs, ctx) -> Table:
     ids, out, g = group_ids(t.keys, node.by, node.schema.extents)
     if not node.by:  # a keyless input's key frame has no rows: every tuple is in the one group
         ids = np.zeros(t.height, np.int64)
-    if node.kernel == "mean" and t.height == 0 and not node.by:
-        raise PlanError(f"aggregate mean over '{_name(node.input)}': the relation is empty, so its "
+    if node.reduction == "mean" and t.height == 0 and not node.by:
+        raise PlanError(f"aggregate mean over '{node.input.display_name}': the relation is empty, so its "
                         f"mean is undefined")
     values = K.segment_sum(t.values, ids, g)
-    if node.kernel == "mean":  # mean = sum / |group|
+    if node.reduction == "mean":  # mean = sum / |group|
         counts = np.bincount(ids, minlength=g).astype(t.values.dtype.name)
         values = values / jnp.asarray(counts).reshape((g,) + (1,) * (values.ndim - 1))
     return Table(out, values)
@@ -281,6 +276,3 @@ def _add(node: Add, inputs, ctx) -> Table:
         np.zeros(values.shape[0], np.int64), pl.DataFrame(), 1)
     return Table(out, K.segment_sum(values, ids, g))
 
-
-def _name(node: Node) -> str:
-    return node.label or getattr(node, "name", None) or node.kind

@@ -1,8 +1,8 @@
 """A partitioned runner on Ray: the same plan IR, run over hash-partitioned relations by worker
 processes, with the local executor's per-node functions doing the work inside each task.
 
-A relation is P partitions in Ray's object store, each a (key frame, values) piece, hashed on a
-tuple of its key columns (``by``): tuples with equal ``by`` values share a partition, and a
+A relation is P partitions in Ray's object store, each a piece (``workbench.execute.partition``)
+hashed on a tuple of its key columns (``by``): tuples with equal ``by`` values share a partition, and a
 keyless relation (``by = ()``) lives in partition 0.
 
     scan       split by a hash of all its keys (on the driver), each piece put in the store; a
@@ -26,7 +26,7 @@ stay partitioned in the run's context, so a backward plan reads them (and the sh
 forward join made) without recomputing; only the outputs asked for are gathered into one Table.
 
     with RayRunner(partitions=4) as runner:
-        loss, grads = runner.value_and_grad(f, argnums=(1, 2))(*rels)
+        loss, grads = wb.value_and_grad(f, argnums=(1, 2), executor=runner)(*rels)
 
 Ray is started on loopback only (every server bound to 127.0.0.1, no dashboard) and shut down
 on exit, if this runner started it.
@@ -47,17 +47,21 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import ray  # noqa: E402
+from ray._private import ray_constants  # noqa: E402
 
 from workbench import passes  # noqa: E402
-from workbench.errors import PlanError  # noqa: E402
-from workbench.execute.local import Context, NodeStats, _check_unique, _name, run_node  # noqa: E402
+from workbench.execute.base import Context, Executor, NodeStats  # noqa: E402
+from workbench.execute.partition import (check_partitions, concat_pieces, empty_piece,  # noqa: E402
+                                         piece_meta, piece_table, split_piece, table_piece)
+from workbench.execute.placement import (join_output_columns, keyless_output, pair_columns,  # noqa: E402
+                                         renamed)
+from workbench.execute.ray_tasks import (apply_task, final_task, gather_task, jitted_reference,  # noqa: E402
+                                         jitted_restore, partial_task, split_task)
 from workbench.physical import JoinAggregate, PairJoin  # noqa: E402
 from workbench.plan import Add, Aggregate, Join, Node, Scan, Schema, Select, toposort  # noqa: E402
-from workbench.table import Table, empty_keys  # noqa: E402
-
+from workbench.table import Table  # noqa: E402
 
 
 def fuse_partitionable_pair_joins(outputs):
@@ -65,163 +69,14 @@ def fuse_partitionable_pair_joins(outputs):
     RJP whose pairs keep the join keys, or a weight broadcast to every partition)."""
     def visit(node: Node) -> Node:
         fused = passes.as_pair_join(node)
-        return fused if fused is not None and _pair_columns(fused) is not None else node
-    return passes._map_nodes(outputs, visit)
+        return fused if fused is not None and pair_columns(fused) is not None else node
+    return passes.map_nodes(outputs, visit)
 
 
 # The runner's rewrites: the logical ones, and the join RJP's physical nodes where partitionable
 # (not the local executor's other physical nodes, which need partitionings of their own).
 RULES = (passes.drop_identity_selects, passes.common_subexpressions, fuse_partitionable_pair_joins,
          passes.fuse_join_aggregates)
-
-# ---- pieces: one partition's (key frame, values[, counts]) ----------------------------------------
-
-
-def _empty(schema: Schema):
-    keys = empty_keys(schema.keys) if schema.keys else pl.DataFrame()
-    return keys, np.zeros((0, *schema.value_shape), schema.dtype)
-
-
-def _concat(pieces):
-    """One piece from several (each a tuple of a key frame and arrays of equal height)."""
-    if len(pieces) == 1:
-        return pieces[0]
-    keys = pl.concat([p[0] for p in pieces]) if pieces[0][0].width else pl.DataFrame()
-    return (keys, *(np.concatenate([p[i] for p in pieces]) for i in range(1, len(pieces[0]))))
-
-
-def _to_table(piece) -> Table:
-    return Table(piece[0], jnp.asarray(piece[1]))
-
-
-def _from_table(t: Table):
-    return t.keys, np.asarray(t.values)
-
-
-def _meta(piece) -> tuple[int, int]:
-    """(rows, bytes) of a piece."""
-    return int(piece[1].shape[0]), int(piece[0].estimated_size()) + int(piece[1].nbytes)
-
-
-def _destinations(keys: pl.DataFrame, cols: Sequence[str], n: int, parts: int) -> np.ndarray:
-    """The partition of each row: a hash of the ``cols`` values, the same in every process (all 0
-    for no columns). Each column is folded in with the splitmix64 finalizer."""
-    h = np.zeros(n, np.uint64)
-    if not cols:
-        return h.astype(np.int64)
-    with np.errstate(over="ignore"):
-        for c in cols:
-            h = (h ^ keys[c].to_numpy().astype(np.uint64)) + np.uint64(0x9E3779B97F4A7C15)
-            h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            h ^= h >> np.uint64(31)
-    return (h % np.uint64(parts)).astype(np.int64)
-
-
-def _partition(piece, cols: Sequence[str], parts: int) -> list:
-    """Split a piece into ``parts`` pieces by the hash of ``cols``."""
-    keys, n = piece[0], int(piece[1].shape[0])
-    dest = _destinations(keys, cols, n, parts)
-    order = np.argsort(dest, kind="stable")
-    bounds = np.searchsorted(dest[order], np.arange(parts + 1))
-    out = []
-    for p in range(parts):  # one slice per partition, never per tuple
-        rows = order[bounds[p]:bounds[p + 1]]
-        out.append((keys[rows] if keys.width else keys, *(a[rows] for a in piece[1:])))
-    return out
-
-
-def _setup(x64: bool) -> None:
-    """Run a task in the driver's precision."""
-    if jax.config.read("jax_enable_x64") != x64:
-        jax.config.update("jax_enable_x64", x64)
-
-
-def _jitted_reference(fn):
-    """A jitted function (``jnp.matmul``, ``jax.nn.relu``) by its import path, else by the
-    function it wraps: pickling one by value gives a broken copy."""
-    import importlib
-
-    module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
-    try:
-        if module and name and getattr(importlib.import_module(module), name) is fn:
-            return module, name, None
-    except (ImportError, AttributeError):
-        pass
-    return None, None, fn.__wrapped__
-
-
-def _jitted_restore(ref):
-    import importlib
-
-    module, name, wrapped = ref
-    return getattr(importlib.import_module(module), name) if module else jax.jit(wrapped)
-
-
-# ---- tasks ----------------------------------------------------------------------------------------
-
-
-@ray.remote(num_returns=2)
-def _apply_task(node: Node, x64: bool, counts: tuple[int, ...], *pieces):
-    """The local executor's function for ``node`` over one partition of each input (each input's
-    ``counts[i]`` pieces concatenated). Returns the output piece and its (rows, bytes)."""
-    _setup(x64)
-    tables, at = [], 0
-    for c in counts:
-        tables.append(_to_table(_concat(pieces[at:at + c])))
-        at += c
-    out = _from_table(run_node(node, tables, Context()))
-    return out, _meta(out)
-
-
-@ray.remote
-def _split_task(piece, cols: tuple[str, ...], parts: int):
-    """The map side of a hash shuffle: ``parts`` pieces (called with num_returns=parts)."""
-    out = _partition(piece, cols, parts)
-    return out[0] if parts == 1 else tuple(out)
-
-
-@ray.remote(num_returns=2)
-def _gather_task(check: Node | None, *pieces):
-    """The reduce side of a shuffle: one piece; with ``check``, its keys must stay unique."""
-    out = _concat(pieces)
-    if check is not None:
-        _check_unique(out[0], int(out[1].shape[0]), check, f"{check.kind} '{_name(check)}'")
-    return out, _meta(out)
-
-
-@ray.remote
-def _partial_task(node: Aggregate, x64: bool, mean: bool, parts: int, piece):
-    """Partial sums (and counts, for a mean) of one partition, split on the group keys."""
-    _setup(x64)
-    t = _to_table(piece)
-    sums = run_node(node, [t], Context())
-    out = (sums.keys, np.asarray(sums.values))
-    if mean:
-        counts = run_node(node, [Table(t.keys, jnp.ones(t.height, t.values.dtype))], Context())
-        out = (*out, np.asarray(counts.values))
-    split = _partition(out, node.by, parts)
-    return split[0] if parts == 1 else tuple(split)
-
-
-@ray.remote(num_returns=2)
-def _final_task(node: Aggregate, x64: bool, mean: bool, *pieces):
-    """Sum the partial sums of one partition's groups; a mean divides by the summed counts."""
-    _setup(x64)
-    piece = _concat(pieces)
-    sums = run_node(node, [_to_table(piece)], Context())
-    values = np.asarray(sums.values)
-    if mean:
-        counts = np.asarray(run_node(node, [Table(piece[0], jnp.asarray(piece[2]))], Context()).values)
-        if not node.by and not counts.any():
-            raise PlanError(f"aggregate mean over '{_name(node.input)}': the relation is empty, so "
-                            f"its mean is undefined")
-        values = values / counts.reshape((-1,) + (1,) * (values.ndim - 1))  # mean = sum / |group|
-    out = (sums.keys, values)
-    return out, _meta(out)
-
-
-# ---- partitioned relations ------------------------------------------------------------------------
 
 
 @dataclass
@@ -243,31 +98,25 @@ class Partitioned:
 
     def collect(self) -> Table:
         """Every partition gathered into one Table (rows in partition order)."""
-        return _to_table(_concat(ray.get(self.parts)))
+        return piece_table(concat_pieces(ray.get(self.parts)))
 
     def to_frame(self, value: str = "value") -> pl.DataFrame:
         return self.collect().to_frame(value)
 
 
 @dataclass
-class RayContext:
-    """What one run on the runner keeps: partitioned results per node (a backward plan reads the
-    forward's), shuffled copies of them per (node, hash columns), and stats when analyzing."""
+class RayContext(Context):
+    """What one run on the runner keeps: partitioned results and stats per node (``Context``),
+    and shuffled copies of results per (node, hash columns), which later readers reuse."""
 
-    runner: "RayRunner"
-    memo: dict = field(default_factory=dict)  # Node -> Partitioned
     shuffles: dict = field(default_factory=dict)  # (Node, cols) -> list of ObjectRefs
-    stats: dict | None = None  # Node -> NodeStats
-
-    def run(self, outputs: Sequence[Node], optimize: bool = True) -> list[Table]:
-        return self.runner.run(outputs, self, optimize)
 
 
 def _stub(node: Node) -> Node:
     """``node`` as a task needs it: inputs replaced by data-less scans of their schema, no origin
     (so shipping it does not ship the plan above it)."""
-    stubs = [Scan(i.schema, None, name=_name(i)) for i in node.inputs]
-    node = passes._rebuild(node, stubs) if node.inputs else node
+    stubs = [Scan(i.schema, None, name=i.display_name) for i in node.inputs]
+    node = node.with_inputs(stubs)
     if isinstance(node, JoinAggregate):
         node = replace(node, join=_strip(node.join))
     return _strip(node)
@@ -278,17 +127,19 @@ def _strip(node: Node) -> Node:
     return replace(node, origin=None, **({"pairs": None} if isinstance(node, PairJoin) else {}))
 
 
-class RayRunner:
-    """Run plans over ``partitions`` hash partitions on a local Ray instance (a context manager).
+class RayRunner(Executor):
+    """Run plans over ``partitions`` hash partitions on a local Ray instance (a context manager);
+    pass it as ``executor=`` to ``wb.value_and_grad``, ``wb.grad``, ``wb.vjp`` or ``wb.plans``.
 
     ``ray_init`` extends the arguments of ``ray.init``; Ray is started only if it is not running
     and shut down on exit only if this runner started it.
     """
 
+    name = "ray"
+    rules = RULES
+
     def __init__(self, partitions: int = 4, num_cpus: int | None = None, **ray_init):
-        if partitions < 1:
-            raise ValueError(f"RayRunner: partitions must be at least 1, got {partitions}")
-        self.partitions = partitions
+        self.partitions = check_partitions(partitions, "RayRunner")
         self.num_cpus = num_cpus
         self.ray_init = ray_init
         self._started = False
@@ -297,8 +148,6 @@ class RayRunner:
     # ---- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> "RayRunner":
         if not ray.is_initialized():
-            from ray._private import ray_constants
-
             ray_constants.ENABLE_RAY_CLUSTER = False  # loopback stays loopback (see the top)
             args = dict(num_cpus=self.num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
                         log_to_driver=False, configure_logging=False)
@@ -306,8 +155,8 @@ class RayRunner:
                 warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
                 ray.init(**{**args, **self.ray_init})
             self._started = True
-        ray.util.register_serializer(type(jnp.matmul), serializer=_jitted_reference,
-                                     deserializer=_jitted_restore)
+        ray.util.register_serializer(type(jnp.matmul), serializer=jitted_reference,
+                                     deserializer=jitted_restore)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -319,41 +168,15 @@ class RayRunner:
             ray.shutdown()
             self._started = False
 
-    # ---- the API: wb's functions with this runner as the executor ----------------------------------
+    # ---- the executor protocol ----------------------------------------------------------------------
     def context(self, stats: dict | None = None) -> RayContext:
-        return RayContext(self, stats=stats)
+        return RayContext(stats=stats)
 
-    def value_and_grad(self, f, argnums=0):
-        from workbench.rjp import value_and_grad
-
-        return value_and_grad(f, argnums, runner=self)
-
-    def grad(self, f, argnums=0):
-        from workbench.rjp import grad
-
-        return grad(f, argnums, runner=self)
-
-    def vjp(self, f, *rels):
-        from workbench.rjp import vjp
-
-        return vjp(f, *rels, runner=self)
-
-    def plans(self, f, *rels, argnums=0, analyze: bool = False):
-        from workbench.rjp import plans
-
-        return plans(f, *rels, argnums=argnums, analyze=analyze, runner=self)
-
-    # ---- running a plan -----------------------------------------------------------------------------
-    def run(self, outputs: Sequence[Node], ctx: RayContext | None = None, optimize: bool = True) -> list[Table]:
-        """Evaluate ``outputs``; results stay partitioned in ``ctx.memo``, the outputs are gathered."""
+    def execute(self, outputs: list[Node], ctx: RayContext) -> None:
+        """Compute ``outputs``; results stay partitioned in ``ctx.memo``."""
         if not ray.is_initialized():
             raise RuntimeError("RayRunner: Ray is not running; use the runner as a context manager "
                                "(`with RayRunner(partitions=4) as runner: ...`)")
-        ctx = ctx if ctx is not None else self.context()
-        outputs = list(outputs)
-        mapping = {}
-        if optimize:
-            outputs, mapping = _optimize(outputs, ctx)
         for node in toposort(outputs):
             if node in ctx.memo:
                 continue
@@ -364,12 +187,9 @@ class RayRunner:
                 ctx.stats[node] = NodeStats(sum(r for r, _ in sizes), time.perf_counter() - start,
                                             sum(b for _, b in sizes), partitions=tuple(r for r, _ in sizes))
             ctx.memo[node] = result
-        for logical, node in mapping.items():
-            if node in ctx.memo:
-                ctx.memo.setdefault(logical, ctx.memo[node])
-            if ctx.stats is not None and node in ctx.stats:
-                ctx.stats.setdefault(logical, ctx.stats[node])
-        return [ctx.memo[o].collect() for o in outputs]
+
+    def collect(self, result: "Partitioned") -> Table:
+        return result.collect()
 
     # ---- helpers the node functions share ------------------------------------------------------------
     @property
@@ -390,7 +210,7 @@ class RayRunner:
     def _hash_split(self, rel: Partitioned, cols: tuple[str, ...]) -> list:
         """The map side of a shuffle: for each partition, its pieces from every input partition."""
         P = self.partitions
-        maps = [_split_task.options(num_returns=P).remote(p, cols, P) for p in rel.parts]
+        maps = [split_task.options(num_returns=P).remote(p, cols, P) for p in rel.parts]
         maps = [[m] if P == 1 else list(m) for m in maps]
         return [[m[p] for m in maps] for p in range(P)]
 
@@ -415,7 +235,7 @@ class RayRunner:
         parts, metas = [], []
         for p in range(1 if only_first else self.partitions):
             pieces = [ref for inp in inputs for ref in inp[p]]
-            piece, meta = _apply_task.remote(stub, self._x64, counts, *pieces)
+            piece, meta = apply_task.remote(stub, self._x64, counts, *pieces)
             parts.append(piece)
             metas.append(meta)
         if only_first:
@@ -428,27 +248,18 @@ class RayRunner:
         """Pieces re-hashed on ``cols`` (the node's output keys), checking that they stay unique
         when the node's projection drops keys."""
         P = self.partitions
-        maps = [_split_task.options(num_returns=P).remote(p, cols, P) for p in parts]
+        maps = [split_task.options(num_returns=P).remote(p, cols, P) for p in parts]
         maps = [[m] if P == 1 else list(m) for m in maps]
         check = ray.put(_stub(node)) if getattr(node, "drops_keys", False) else None
-        out = [_gather_task.remote(check, *[m[p] for m in maps]) for p in range(P)]
+        out = [gather_task.remote(check, *[m[p] for m in maps]) for p in range(P)]
         return Partitioned(node.schema, cols, [o[0] for o in out], [o[1] for o in out])
 
     def _pad(self, schema: Schema, by, parts: list, metas: list) -> Partitioned:
         """A relation computed in partition 0 only: the other partitions are empty."""
-        empty = _empty(schema)
+        empty = empty_piece(schema)
         ref = ray.put(empty)
         n = self.partitions - len(parts)
-        return Partitioned(schema, by, parts + [ref] * n, metas + [_meta(empty)] * n)
-
-
-def _optimize(outputs: list[Node], ctx: RayContext):
-    """The runner's rewrites; results already computed for a rewritten node are reused."""
-    physical, mapping = passes.optimize(outputs, RULES)
-    for logical, node in mapping.items():
-        if logical in ctx.memo and node not in ctx.memo:
-            ctx.memo[node] = ctx.memo[logical]
-    return physical, mapping
+        return Partitioned(schema, by, parts + [ref] * n, metas + [piece_meta(empty)] * n)
 
 
 # ---- one function per node type -------------------------------------------------------------------
@@ -466,27 +277,9 @@ def _scan(node: Scan, inputs, runner, ctx) -> Partitioned:
     by = node.schema.keys  # hashed on all keys; a keyless relation lands in partition 0
 
     def split() -> Partitioned:
-        pieces = _partition(_from_table(node.table), by, runner.partitions)
-        return Partitioned(node.schema, by, [ray.put(p) for p in pieces], [_meta(p) for p in pieces])
+        pieces = split_piece(table_piece(node.table), by, runner.partitions)
+        return Partitioned(node.schema, by, [ray.put(p) for p in pieces], [piece_meta(p) for p in pieces])
     return replace(runner.stored(node.table, None, split), schema=node.schema)
-
-
-def _renamed(by: tuple[str, ...], pairs) -> tuple[str, ...] | None:
-    """``by`` under an (out, in) key projection, or None when a column does not survive it."""
-    out = []
-    for b in by:
-        names = [o for o, i in pairs if i == b]
-        if not names:
-            return None
-        out.append(names[0])
-    return tuple(out)
-
-
-def _keyless_output(node: Node, by) -> tuple[str, ...] | None:
-    """A keyed output must stay hashed on some key: () is only right for a keyless output."""
-    if by == () and node.schema.keys:
-        return None
-    return by
 
 
 @_run.register
@@ -494,19 +287,8 @@ def _select(node: Select, inputs, runner, ctx) -> Partitioned:
     (R,) = inputs
     if not node.input.schema.keys:  # keyless: one tuple in partition 0
         return runner.apply(node, [[[p] for p in R.parts]], (), only_first=True)
-    by = _keyless_output(node, _renamed(R.by, node.keys)) if R.by else None
+    by = keyless_output(node, renamed(R.by, node.keys)) if R.by else None
     return runner.apply(node, [[[p] for p in R.parts]], by)
-
-
-def _join_by(node: Join, side: str, by: tuple[str, ...]) -> tuple[str, ...] | None:
-    """The output keys that carry ``side``'s hash columns ``by`` (directly or through a key
-    joined on), or None when the projection drops one."""
-    cls = node.pair_classes()
-    out_cls = {}
-    for o, s, k in node.keys:
-        out_cls.setdefault(cls[(s, k)], o)
-    names = [out_cls.get(cls[(side, b)]) for b in by]
-    return None if any(n is None for n in names) else tuple(names)
 
 
 def _join_layout(node: Join, inputs, runner, ctx):
@@ -527,7 +309,7 @@ def _join_layout(node: Join, inputs, runner, ctx):
         kept, kside = (R, "right") if bside == "left" else (L, "left")
         local = [[p] for p in kept.parts]
         bcast = [whole] * runner.partitions
-        by = _keyless_output(node, _join_by(node, kside, kept.by)) if kept.by else None
+        by = keyless_output(node, join_output_columns(node, kside, kept.by)) if kept.by else None
         return ([bcast, local] if bside == "left" else [local, bcast]), by, False
     lcols, rcols = tuple(l for l, _ in node.on), tuple(r for _, r in node.on)
     partner = dict(node.on)
@@ -535,36 +317,11 @@ def _join_layout(node: Join, inputs, runner, ctx):
         lcols, rcols = L.by, R.by  # already co-partitioned on a subset of the join keys
     left = runner.shuffle(node.left, L, lcols, ctx)
     right = runner.shuffle(node.right, R, rcols, ctx)
-    return [left, right], _keyless_output(node, _join_by(node, "left", lcols)), False
-
-
-def _pair_columns(node: PairJoin):
-    """How a PairJoin is partitioned: hash columns of (L, R, C), None for a broadcast side, and
-    the pairs' hash columns; or None when the pairs cannot be co-partitioned with C (then the
-    runner leaves the join RJP unfused)."""
-    name = {(s, k): o for o, s, k in node.pair_keys}  # (side, key) -> the pairs' key name
-    for l, r in node.pair_on:
-        name.setdefault(("right", r), name[("left", l)])
-    ckey = dict(node.on)  # pair key -> C key
-    lkeys, rkeys = node.left.schema.keys, node.right.schema.keys
-    if not node.cotangent.schema.keys or (not lkeys and not rkeys):
-        return None
-    if not lkeys or not rkeys:  # a keyless side (a weight) is broadcast
-        side, keys = ("left", lkeys) if lkeys else ("right", rkeys)
-        cols = tuple(k for k in keys if name[(side, k)] in ckey)
-        if not cols:
-            return None
-        pcols = tuple(name[(side, k)] for k in cols)
-        return ((cols, None) if side == "left" else (None, cols)) + (tuple(ckey[c] for c in pcols), pcols)
-    if not node.pair_on or any(name[("left", l)] not in ckey for l, _ in node.pair_on):
-        return None
-    pcols = tuple(name[("left", l)] for l, _ in node.pair_on)
-    return (tuple(l for l, _ in node.pair_on), tuple(r for _, r in node.pair_on),
-            tuple(ckey[c] for c in pcols), pcols)
+    return [left, right], keyless_output(node, join_output_columns(node, "left", lcols)), False
 
 
 def _pair_layout(node: PairJoin, inputs, runner, ctx):
-    lcols, rcols, ccols, pcols = _pair_columns(node)
+    lcols, rcols, ccols, pcols = pair_columns(node)
     layout = []
     for n, rel, cols in zip(node.inputs, inputs, (lcols, rcols, ccols)):
         layout.append([[rel.parts[0]]] * runner.partitions if cols is None else runner.shuffle(n, rel, cols, ctx))
@@ -572,7 +329,7 @@ def _pair_layout(node: PairJoin, inputs, runner, ctx):
     for o, side, k in node.keys:  # side "left": a pair key; "right": a key of C
         out.setdefault(k if side == "left" else next((p for p, c in node.on if c == k), None), o)
     by = tuple(out.get(c) for c in pcols)
-    return layout, (None if None in by else _keyless_output(node, by)), False
+    return layout, (None if None in by else keyless_output(node, by)), False
 
 
 def _layout(node, inputs, runner, ctx):
@@ -601,9 +358,9 @@ def _join_aggregate(node: JoinAggregate, inputs, runner, ctx) -> Partitioned:
     stub = ray.put(_stub(node))
     counts = tuple(len(inp[0]) for inp in layout)
     P = runner.partitions
-    partial = [_apply_task.remote(stub, runner._x64, counts, *[r for inp in layout for r in inp[p]])[0]
+    partial = [apply_task.remote(stub, runner._x64, counts, *[r for inp in layout for r in inp[p]])[0]
                for p in range(P)]
-    maps = [_split_task.options(num_returns=P).remote(p, node.by, P) for p in partial]
+    maps = [split_task.options(num_returns=P).remote(p, node.by, P) for p in partial]
     maps = [[m] if P == 1 else list(m) for m in maps]
     final = ray.put(_stub(Aggregate(node.schema, node, node.by, "sum")))
     return _final_sums(node, final, False, maps, runner)
@@ -618,8 +375,8 @@ def _aggregate(node: Aggregate, inputs, runner, ctx) -> Partitioned:
     if node.by and R.by and set(R.by) <= set(node.by):  # groups never span partitions
         return runner.apply(node, [[[p] for p in R.parts]], R.by)
     # partial sums per partition, shuffled on the group keys, summed again
-    partial, mean = ray.put(_stub(replace(node, kernel="sum"))), node.kernel == "mean"
-    maps = [_partial_task.options(num_returns=P).remote(partial, runner._x64, mean, P, p) for p in R.parts]
+    partial, mean = ray.put(_stub(replace(node, reduction="sum"))), node.reduction == "mean"
+    maps = [partial_task.options(num_returns=P).remote(partial, runner._x64, mean, P, p) for p in R.parts]
     maps = [[m] if P == 1 else list(m) for m in maps]
     return _final_sums(node, partial, mean, maps, runner)
 
@@ -628,7 +385,7 @@ def _final_sums(node: Node, final, mean: bool, maps: list, runner) -> Partitione
     """Sum the partial sums shuffled to each partition (``maps[i][p]``: map i's share for p),
     grouped by ``node.by``; a keyless result is one group, in partition 0."""
     n_out = runner.partitions if node.by else 1
-    out = [_final_task.remote(final, runner._x64, mean, *[m[p] for m in maps]) for p in range(n_out)]
+    out = [final_task.remote(final, runner._x64, mean, *[m[p] for m in maps]) for p in range(n_out)]
     parts, metas = [o[0] for o in out], [o[1] for o in out]
     if not node.by:
         return runner._pad(node.schema, (), parts, metas)

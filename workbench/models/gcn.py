@@ -29,7 +29,7 @@ from workbench.ops import join, select
 from workbench.optim import Adam
 from workbench.programs import propagate, softmax_cross_entropy
 from workbench.relation import Relation, default_dtype, from_tensor
-from workbench.rjp import value_and_grad
+from workbench.api import value_and_grad
 
 PAPER = {"hidden": 256, "lr": 0.1, "dropout": 0.5}  # Tang et al.'s experiments
 

@@ -33,7 +33,7 @@ from workbench.datasets.knowledge import Triples, to_relations
 from workbench.ops import aggregate, join, select
 from workbench.optim import Adam
 from workbench.relation import Relation, default_dtype, from_frame, from_tensor
-from workbench.rjp import value_and_grad
+from workbench.api import value_and_grad
 
 
 # ---- the two models: per-tuple kernels and their dense (broadcasting) score -----------------

@@ -27,7 +27,7 @@ from workbench import optim
 from workbench.datasets.matrices import SparseMatrix, to_relation
 from workbench.ops import aggregate, join, select
 from workbench.relation import Relation, from_tensor
-from workbench.rjp import value_and_grad
+from workbench.api import value_and_grad
 
 METHODS = ("projected", "multiplicative")
 ENTRY_KEYS = {"i": "left.i", "j": "left.j"}

@@ -1,0 +1,161 @@
+"""The differentiation API: trace a program, derive its backward plan (``workbench.rjp``), and run
+both on an executor: ``vjp``, ``grad``, ``value_and_grad`` and ``plans``.
+
+Every function takes ``executor=`` (default: the local interpreter; e.g.
+``workbench.execute.ray.RayRunner``). Importing this module makes the local executor the default
+one, which ``Relation.to_tensor`` and friends use.
+"""
+from __future__ import annotations
+
+import inspect
+import operator
+from typing import Callable, Sequence
+
+from workbench import kernels, passes, relation, sparse
+from workbench.execute import batched
+from workbench.errors import PlanError
+from workbench.execute import Executor, LocalExecutor
+from workbench.ops import select_node
+from workbench.plan import Node, Scan
+from workbench.relation import Relation
+from workbench.rjp import gradient_nodes, seed
+from workbench.viz import Plan, Plans
+
+LOCAL = LocalExecutor()
+relation.set_default_executor(LOCAL)
+
+
+def _arg_names(f: Callable, n: int) -> list[str]:
+    try:
+        params = [p.name for p in inspect.signature(f).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    return [params[i] if i < len(params) else f"arg{i}" for i in range(n)]
+
+
+def trace(f: Callable, *rels: Relation, what: str = "trace") -> tuple[list[Relation], Relation]:
+    """Call ``f`` on fresh TableScans of the arguments, each named after ``f``'s parameter, so
+    each argument is a leaf of the plan. Returns (the leaves, ``f``'s output relation)."""
+    for i, r in enumerate(rels):
+        if not isinstance(r, Relation):
+            raise TypeError(f"{what}: argument {i} is a {type(r).__name__}, not a workbench Relation")
+    names = _arg_names(f, len(rels))
+    leaves = [Relation(Scan(r.schema, r.table(), name=n)) for r, n in zip(rels, names)]
+    out = f(*leaves)
+    if not isinstance(out, Relation):
+        raise TypeError(f"{what}: the program returned {type(out).__name__}; it must return one "
+                        f"workbench Relation (its loss or output).")
+    return leaves, out
+
+
+def _check_scalar(out: Relation, what: str) -> None:
+    if out.keys or out.value_shape:
+        raise ValueError(
+            f"{what} needs a scalar loss (no keys, value shape ()), but the program returned a "
+            f"relation with keys {out.keys} and value shape {out.value_shape}. Reduce it with "
+            f"wb.aggregate(wb.select(R, kernel=jnp.sum), by=()), or use wb.vjp with a cotangent.")
+
+
+def check_argnums(argnums, n: int, what: str) -> tuple[int, ...]:
+    """``argnums`` (an int or a sequence of ints) as indices into ``n`` arguments."""
+    if isinstance(argnums, bool) or not isinstance(argnums, (int, tuple, list)):
+        raise TypeError(f"{what}: argnums must be an int or a tuple of ints (argument positions), "
+                        f"got {argnums!r} ({type(argnums).__name__}); e.g. argnums=(0, 1)")
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    for a in nums:
+        if isinstance(a, bool) or not isinstance(a, int):
+            raise TypeError(f"{what}: argnums must hold ints (argument positions), got {a!r} "
+                            f"({type(a).__name__}) in {argnums!r}")
+        if not -n <= a < n:
+            raise ValueError(f"{what}: argnums {argnums} is out of range for {n} argument(s)")
+    return tuple(operator.index(a) % n for a in nums)
+
+
+def _executor(executor, what: str) -> Executor:
+    if executor is None:
+        return LOCAL
+    if not isinstance(executor, Executor):
+        raise TypeError(f"{what}: executor must be a workbench executor (LocalExecutor, "
+                        f"RayRunner), got {type(executor).__name__}")
+    return executor
+
+
+def _gradients(ex: Executor, ctx, out: Relation, seed_node: Node, leaves, nums) -> list[Relation]:
+    nodes = gradient_nodes(out.node, seed_node, [leaves[i].node for i in nums])
+    tables = ex.run(nodes, ctx)
+    return [Relation.computed(node, table) for node, table in zip(nodes, tables)]
+
+
+def vjp(f: Callable, *rels: Relation, executor: Executor | None = None):
+    """``(out, pullback)``: ``pullback(G_out)`` returns one gradient relation per argument."""
+    ex = _executor(executor, "vjp")
+    leaves, out = trace(f, *rels, what="vjp")
+    ctx = ex.context()
+    out = Relation.computed(out.node, ex.run([out.node], ctx)[0])
+
+    def pullback(cotangent: Relation):
+        if not isinstance(cotangent, Relation):
+            raise TypeError(f"pullback: the cotangent must be a Relation, got {type(cotangent).__name__}")
+        if set(cotangent.keys) != set(out.keys) or cotangent.value_shape != out.value_shape:
+            raise PlanError(f"pullback: the cotangent {cotangent.schema.describe()} must have the "
+                            f"output's keys and value shape {out.schema.describe()}")
+        if cotangent.dtype != out.dtype:
+            raise PlanError(f"pullback: cotangent dtype {cotangent.dtype} differs from the output's "
+                            f"{out.dtype}")
+        seed_node = cotangent.node
+        if cotangent.keys != out.keys:
+            seed_node = select_node(seed_node, keys=tuple((k, k) for k in out.keys))
+        return tuple(_gradients(ex, ctx, out, seed_node, leaves, range(len(leaves))))
+
+    return out, pullback
+
+
+def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, executor: Executor | None = None):
+    """``f(*rels) -> (loss, grads)``; grads is one relation, or a tuple when argnums is a tuple."""
+    ex = _executor(executor, "value_and_grad")
+
+    def run(*rels: Relation):
+        nums = check_argnums(argnums, len(rels), "value_and_grad")
+        leaves, out = trace(f, *rels, what="value_and_grad")
+        _check_scalar(out, "grad")
+        ctx = ex.context()
+        out = Relation.computed(out.node, ex.run([out.node], ctx)[0])
+        grads = _gradients(ex, ctx, out, seed(out.node), leaves, nums)
+        return out, (grads[0] if isinstance(argnums, int) else tuple(grads))
+    return run
+
+
+def grad(f: Callable, argnums: int | Sequence[int] = 0, executor: Executor | None = None):
+    """The gradient of a scalar relational loss with respect to the ``argnums`` arguments."""
+    vg = value_and_grad(f, argnums, executor)
+    return lambda *rels: vg(*rels)[1]
+
+
+def plans(f: Callable, *rels: Relation, argnums: int | Sequence[int] = 0,
+          analyze: bool = False, executor: Executor | None = None) -> Plans:
+    """The forward plan of ``f`` and the backward plan that computes the gradients of ``argnums``.
+    A non-scalar output is seeded with a cotangent of ones. With ``analyze``, both plans are run
+    and every node is annotated with its row count, wall time and output size (EXPLAIN ANALYZE)."""
+    ex = _executor(executor, "plans")
+    nums = check_argnums(argnums, len(rels), "plans")
+    leaves, out = trace(f, *rels, what="plans")
+    nodes = gradient_nodes(out.node, seed(out.node), [leaves[i].node for i in nums])
+    names = _arg_names(f, len(rels))
+    stats = tables = None
+    if analyze:
+        ctx = ex.context(stats={})
+        ex.run([out.node], ctx)
+        ex.run(nodes, ctx)
+        stats, tables = ctx.stats, ctx.memo
+    forward = Plan((out.node,), ("out",), "forward", stats=stats, tables=tables)
+    back = Plan(tuple(nodes), tuple(f"grad {names[i]}" for i in nums), "backward",
+                forward=forward, stats=stats, tables=tables)
+    return Plans(forward, back)
+
+
+def clear_caches() -> None:
+    """Forget every compiled kernel, inferred shape, recognized rewrite and sparse matrix (for
+    memory; results never depend on these caches, see the README on kernels)."""
+    for module in (kernels, batched, passes, sparse):
+        module.clear_cache()

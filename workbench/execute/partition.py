@@ -1,0 +1,83 @@
+"""Hash partitioning, apart from any cluster: a relation in P partitions is P *pieces*, each a
+tuple (key frame, values[, more arrays of the same height]). Tuples with equal values of the hash
+columns land in the same partition, in every process; a keyless relation (no hash columns) lives
+in partition 0."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+import polars as pl
+
+from workbench.plan import Schema
+from workbench.table import Table, empty_keys
+
+MAX_PARTITIONS = 4096  # more partitions than this is a mistake on any cluster this runs on
+
+
+def check_partitions(partitions, where: str) -> int:
+    """``partitions`` as a count: an int from 1 to MAX_PARTITIONS, else a clear error."""
+    if isinstance(partitions, bool) or not isinstance(partitions, (int, np.integer)):
+        raise TypeError(f"{where}: partitions must be an int (the number of hash partitions), got "
+                        f"{partitions!r} ({type(partitions).__name__}); e.g. partitions=4")
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise ValueError(f"{where}: partitions must be between 1 and {MAX_PARTITIONS}, got "
+                         f"{partitions}; use about one or a few per worker process")
+    return int(partitions)
+
+
+def empty_piece(schema: Schema):
+    keys = empty_keys(schema.keys) if schema.keys else pl.DataFrame()
+    return keys, np.zeros((0, *schema.value_shape), schema.dtype)
+
+
+def concat_pieces(pieces):
+    """One piece from several (each a tuple of a key frame and arrays of equal height)."""
+    if len(pieces) == 1:
+        return pieces[0]
+    keys = pl.concat([p[0] for p in pieces]) if pieces[0][0].width else pl.DataFrame()
+    return (keys, *(np.concatenate([p[i] for p in pieces]) for i in range(1, len(pieces[0]))))
+
+
+def piece_table(piece) -> Table:
+    return Table(piece[0], jnp.asarray(piece[1]))
+
+
+def table_piece(t: Table):
+    return t.keys, np.asarray(t.values)
+
+
+def piece_meta(piece) -> tuple[int, int]:
+    """(rows, bytes) of a piece."""
+    return int(piece[1].shape[0]), int(piece[0].estimated_size()) + int(piece[1].nbytes)
+
+
+def destinations(keys: pl.DataFrame, cols: Sequence[str], n: int, parts: int) -> np.ndarray:
+    """The partition of each row: a hash of the ``cols`` values, the same in every process (all 0
+    for no columns). Each column is folded in with the splitmix64 finalizer."""
+    h = np.zeros(n, np.uint64)
+    if not cols:
+        return h.astype(np.int64)
+    with np.errstate(over="ignore"):
+        for c in cols:
+            h = (h ^ keys[c].to_numpy().astype(np.uint64)) + np.uint64(0x9E3779B97F4A7C15)
+            h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            h ^= h >> np.uint64(31)
+    return (h % np.uint64(parts)).astype(np.int64)
+
+
+def split_piece(piece, cols: Sequence[str], parts: int) -> list:
+    """Split a piece into ``parts`` pieces by the hash of ``cols``."""
+    keys, n = piece[0], int(piece[1].shape[0])
+    dest = destinations(keys, cols, n, parts)
+    order = np.argsort(dest, kind="stable")
+    bounds = np.searchsorted(dest[order], np.arange(parts + 1))
+    out = []
+    for p in range(parts):  # one slice per partition, never per tuple
+        rows = order[bounds[p]:bounds[p + 1]]
+        out.append((keys[rows] if keys.width else keys, *(a[rows] for a in piece[1:])))
+    return out
+
+

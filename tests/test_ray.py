@@ -133,3 +133,20 @@ def test_explain_analyze_shows_rows_per_partition(runner):
     # the join RJPs ran as the partitioned physical nodes, not as packed pairs
     assert any(isinstance(n, PairJoin) for n in plans.backward.stats)
     assert any(isinstance(n, JoinAggregate) for n in plans.backward.stats)
+
+
+def test_a_predicate_means_the_same_on_the_runner_as_in_numpy(runner):
+    """Six tuples over the partitions: a row-wise predicate gives numpy's loss and gradient; one
+    that reads the whole relation (the maximum key) is refused before any partition runs it."""
+    import polars as pl
+
+    x = np.array([3.0, 1.0, 4.0, 1.0, 5.0, 9.0])
+    X = wb.from_tensor(x, keys=("i",), name="X")
+    keep = (np.arange(6) % 2 == 0) | (np.arange(6) == 5)
+    f = lambda X: programs.sum_of_squares(wb.select(X, pred=(pl.col("i") % 2 == 0) | (pl.col("i") == 5)))  # noqa: E731
+    loss, g = wb.value_and_grad(f, executor=runner)(X)
+    assert float(loss.to_tensor()) == pytest.approx(float(np.sum(x[keep] ** 2)), rel=1e-12)
+    np.testing.assert_allclose(g.to_tensor(), np.where(keep, 2 * x, 0.0), rtol=1e-12)
+    with pytest.raises(wb.PlanError, match="not row-wise"):
+        wb.value_and_grad(lambda X: programs.sum_of_squares(
+            wb.select(X, pred=pl.col("i") == pl.col("i").max())), executor=runner)(X)

@@ -15,6 +15,8 @@ import polars as pl  # noqa: E402
 
 import workbench as wb  # noqa: E402
 from workbench import check, programs  # noqa: E402
+from workbench.datasets import graphs, knowledge, matrices  # noqa: E402
+from workbench.models import gcn, kge, nnmf  # noqa: E402
 
 
 def _show(title: str, code: str, got: np.ndarray, want: np.ndarray) -> float:
@@ -74,9 +76,6 @@ def gradient_tour() -> bool:
 
 def models_tour() -> None:
     """The paper's three models, trained briefly on real data through the relational backward."""
-    from workbench.datasets import graphs, knowledge, matrices
-    from workbench.models import gcn, kge, nnmf
-
     print("\n\n### The paper's models on real data, trained with RJP gradients")
     karate = graphs.karate_club()
     h = gcn.train(karate, epochs=40, lr=0.05, seed=0)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence
 
+import json
+
 import polars as pl
 
 from workbench.errors import PlanError
@@ -46,6 +48,70 @@ def _check_known(names, known: Sequence[str], op: str, what: str, rel: str) -> N
 
 # ---- Select ------------------------------------------------------------------------------------
 
+# A predicate must be row-wise: whether a tuple is kept depends on its own keys only, so the
+# answer is the same on the whole relation and on any partition of it. These are the Polars
+# expression nodes and functions that keep that true; anything else (aggregates such as max or
+# len, windows, sorts, shifts, cumulative sums, positional Series literals) is refused.
+_ROW_WISE_NODES = {"Column", "Literal", "BinaryExpr", "Cast", "Ternary", "Alias", "Function"}
+_ROW_WISE_FUNCTIONS = {"Abs", "Negate", "Pow", "Sign", "Clip", "Round", "Floor", "Ceil", "Log",
+                       "Log1p", "Exp", "Trigonometry", "FillNull", "Boolean"}
+_ROW_WISE_BOOLEAN = {"IsNull", "IsNotNull", "Not", "IsNan", "IsNotNan", "IsFinite", "IsInfinite",
+                     "IsBetween", "IsIn", "AllHorizontal", "AnyHorizontal"}
+
+
+def _tag(x) -> str:
+    return x if isinstance(x, str) else next(iter(x)) if isinstance(x, dict) and x else repr(x)
+
+
+def _not_row_wise(tree) -> str | None:
+    """The first part of a serialized Polars expression that is not row-wise, or None."""
+    kind = _tag(tree)
+    if kind not in _ROW_WISE_NODES:
+        return kind
+    body = tree[kind]
+    if kind == "Column":
+        return None
+    if kind == "Literal":
+        return None if _tag(body) in ("Scalar", "Dyn") else "a Series literal (positional)"
+    if kind == "BinaryExpr":
+        children = [body["left"], body["right"]]
+    elif kind == "Cast":
+        children = [body["expr"]]
+    elif kind == "Ternary":
+        children = [body["predicate"], body["truthy"], body["falsy"]]
+    elif kind == "Alias":
+        children = [body[0]]
+    else:  # Function
+        name = _tag(body["function"])
+        if name not in _ROW_WISE_FUNCTIONS:
+            return name
+        if name == "Boolean":
+            inner = _tag(body["function"]["Boolean"])
+            if inner not in _ROW_WISE_BOOLEAN:
+                return inner
+            if inner == "IsIn" and _tag(body["input"][1]) != "Literal":
+                return "is_in over a column (a set built from the whole relation)"
+        children = body["input"]
+    for child in children:
+        bad = _not_row_wise(child)
+        if bad is not None:
+            return bad
+    return None
+
+
+def _check_row_wise(pred: pl.Expr, where: str) -> None:
+    try:
+        tree = json.loads(pred.meta.serialize(format="json"))
+    except Exception:  # an expression Polars cannot serialize cannot be checked
+        tree = "an expression that cannot be inspected"
+    bad = _not_row_wise(tree)
+    if bad is not None:
+        raise PlanError(
+            f"{where}: pred {pred} is not row-wise (it uses {bad}); a predicate must decide each "
+            f"tuple from its own keys, so that it means the same on every executor and partition. "
+            f"Compute whole-relation values first (e.g. the maximum key as a relation, joined in), "
+            f"or filter the frame before building the relation.")
+
 def select_node(R: Node, pred=None, keys: Sequence[tuple[str, str]] | None = None,
                 kernel: Kernel | None = None, label: str | None = None) -> Select:
     op = "select"
@@ -55,6 +121,7 @@ def select_node(R: Node, pred=None, keys: Sequence[tuple[str, str]] | None = Non
             raise PlanError(f"select: pred must be a Polars expression over key columns, such as "
                             f"pl.col('row') == 0; got {type(pred).__name__}")
         _check_known(pred.meta.root_names(), s.keys, op, "pred", _name(R))
+        _check_row_wise(pred, f"select over '{_name(R)}'")
     keys = tuple(keys) if keys is not None else tuple((k, k) for k in s.keys)
     outs = [o for o, _ in keys]
     for o in outs:

@@ -6,6 +6,8 @@ Keys live in Polars (joins, filters, group ids); values live in JAX arrays (kern
 from __future__ import annotations
 
 import functools
+import os
+import resource
 import time
 from dataclasses import dataclass, field
 
@@ -106,15 +108,59 @@ def _select(node: Select, inputs, ctx) -> Table:
 
 def _match(node: Join, lt: Table, rt: Table, ctx: LocalContext):
     """Row pairs (li, ri) of the equi-join, and a frame with every key of both sides."""
-    return _match_keys(node.left, node.right, node.on, lt.keys, lt.height, rt.keys, rt.height, ctx)
+    return _match_keys(node.left, node.right, node.on, lt.keys, lt.height, rt.keys, rt.height, ctx,
+                       what=f"join of '{node.left.display_name}' and '{node.right.display_name}'",
+                       value_bytes=value_bytes(node))
+
+
+def value_bytes(node: Node) -> int:
+    """Bytes of one tuple's value."""
+    s = node.schema
+    return int(np.prod(s.value_shape, dtype=np.int64)) * np.dtype(s.dtype).itemsize
+
+
+def memory_limit() -> int:
+    """Bytes this process may allocate: physical memory, or the address-space limit if lower."""
+    limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return min(limit, soft) if soft not in (resource.RLIM_INFINITY, -1) else limit
+
+
+def join_rows(lkeys: pl.DataFrame, lheight: int, rkeys: pl.DataFrame, rheight: int, on) -> int:
+    """The exact number of tuples an equi-join produces: sum over join values of the count on
+    the left times the count on the right (a cross join: the product of the heights)."""
+    if not on or not lkeys.width or not rkeys.width:
+        return lheight * rheight
+    lcols, rcols = [l for l, _ in on], [r for _, r in on]
+    left = lkeys.group_by(lcols).agg(pl.len().alias("n_left"))
+    right = rkeys.group_by(rcols).agg(pl.len().alias("n_right"))
+    both = left.join(right, left_on=lcols, right_on=rcols)
+    return int(both.select((pl.col("n_left").cast(pl.Int64) * pl.col("n_right")).sum()).item() or 0)
+
+
+def check_join_fits(lkeys, lheight: int, rkeys, rheight: int, on, what: str, value_bytes: int) -> None:
+    """Refuse a join whose output cannot fit in memory, before building it. Per output tuple:
+    both sides' keys, two row indices and the value."""
+    per_row = 8 * (lkeys.width + rkeys.width + 2) + value_bytes
+    limit = memory_limit()
+    if lheight * rheight * per_row <= limit // 2:  # even a cross join fits: nothing to count
+        return
+    rows = join_rows(lkeys, lheight, rkeys, rheight, on)
+    if rows * per_row > limit // 2:
+        kind = f"on {', '.join(f'{l}={r}' for l, r in on)}" if on else "as a cross join (on={})"
+        raise PlanError(
+            f"{what} {kind} would produce {rows:,} tuples, about {rows * per_row / 2**30:,.1f} GiB "
+            f"of keys and values, more than this process can hold ({limit / 2**30:,.1f} GiB). Join "
+            f"on more keys, filter the inputs first, or aggregate before joining.")
 
 
 def _match_keys(left, right, on, lkeys: pl.DataFrame, lheight: int, rkeys: pl.DataFrame,
-                rheight: int, ctx: LocalContext):
+                rheight: int, ctx: LocalContext, what: str = "join", value_bytes: int = 0):
     """The match of two key frames, cached in ``ctx.matches`` under (left, right, on)."""
     cache_key = (left, right, on)
     if cache_key in ctx.matches:
         return ctx.matches[cache_key]
+    check_join_fits(lkeys, lheight, rkeys, rheight, on, what, value_bytes)
     lk = lkeys.rename({k: "l:" + k for k in lkeys.columns})
     rk = rkeys.rename({k: "r:" + k for k in rkeys.columns})
     if lk.width == 0 or rk.width == 0:  # a keyless side holds at most one tuple: a broadcast

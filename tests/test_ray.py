@@ -150,3 +150,16 @@ def test_a_predicate_means_the_same_on_the_runner_as_in_numpy(runner):
     with pytest.raises(wb.PlanError, match="not row-wise"):
         wb.value_and_grad(lambda X: programs.sum_of_squares(
             wb.select(X, pred=pl.col("i") == pl.col("i").max())), executor=runner)(X)
+
+
+def test_more_partitions_than_the_cluster_can_use_are_refused_at_start(runner):
+    """Ray is already running (the fixture's); a second runner asking for far more partitions
+    than CPUs is refused when it enters, and leaves that Ray running."""
+    from workbench.execute.ray import PARTITIONS_PER_CPU
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    with pytest.raises(ValueError, match=rf"RayRunner: partitions={PARTITIONS_PER_CPU * cpus + 1} on a "
+                                         rf"cluster of {cpus} CPU\(s\).*at most {PARTITIONS_PER_CPU * cpus}"):
+        with RayRunner(partitions=PARTITIONS_PER_CPU * cpus + 1):
+            pass
+    assert ray.is_initialized()

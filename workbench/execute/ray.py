@@ -127,6 +127,9 @@ def _strip(node: Node) -> Node:
     return replace(node, origin=None, **({"pairs": None} if isinstance(node, PairJoin) else {}))
 
 
+PARTITIONS_PER_CPU = 16  # beyond this, tasks on empty or tiny partitions cost more than they give
+
+
 class RayRunner(Executor):
     """Run plans over ``partitions`` hash partitions on a local Ray instance (a context manager);
     pass it as ``executor=`` to ``wb.value_and_grad``, ``wb.grad``, ``wb.vjp`` or ``wb.plans``.
@@ -157,6 +160,13 @@ class RayRunner(Executor):
             self._started = True
         ray.util.register_serializer(type(jnp.matmul), serializer=jitted_reference,
                                      deserializer=jitted_restore)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        if self.partitions > PARTITIONS_PER_CPU * cpus:
+            self.close()
+            raise ValueError(
+                f"RayRunner: partitions={self.partitions} on a cluster of {cpus} CPU(s); more than "
+                f"{PARTITIONS_PER_CPU} per CPU only adds task overhead (every operator runs one task "
+                f"per partition). Use at most {PARTITIONS_PER_CPU * cpus}, e.g. partitions={2 * cpus}.")
         return self
 
     def __exit__(self, *exc) -> None:

@@ -12,7 +12,7 @@ workbench  ``wb.value_and_grad`` of ``gcn.loss_program`` (the relational forward
            ``workbench.optim.Adam.update`` over the weight relations; includes building the
            plans and the mask relations.
 JAX        ``jax.jit(jax.value_and_grad(gcn.dense_loss))`` (``segment_sum`` over the normalized
-           edges) and the same Adam step (``workbench.optim._adam_step``, jitted), masks drawn
+           edges) and the same Adam step (``workbench.optim.adam_step``, jitted), masks drawn
            with the same numpy generator and passed in as arrays.
 
 Each side is warmed up (compiles), then timed ``--repeat`` epochs; the median is printed, with
@@ -32,7 +32,7 @@ import numpy as np
 import workbench as wb
 from workbench.datasets import graphs
 from workbench.models import gcn
-from workbench.optim import Adam, _adam_step
+from workbench.optim import Adam, adam_step
 
 
 def workbench_epochs(graph, hidden: int, p: float, wd: float, lr: float, warmup: int, repeat: int):
@@ -76,7 +76,7 @@ def jax_epochs(graph, hidden: int, p: float, wd: float, lr: float, warmup: int, 
         drawn = time.perf_counter()
         loss, grads = vg(x, w[0], w[1], g, m1, m2, weight_decay=wd)
         for i in range(2):
-            w[i], m[i], v[i] = _adam_step(w[i], grads[i], m[i], v[i], e + 1, lr, 0.9, 0.999, 1e-8)
+            w[i], m[i], v[i] = adam_step(w[i], grads[i], m[i], v[i], e + 1, lr, 0.9, 0.999, 1e-8)
         jax.block_until_ready(w)
         if e >= warmup:
             times.append((time.perf_counter() - start, drawn - start))

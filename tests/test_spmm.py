@@ -136,11 +136,11 @@ def test_does_not_fire_on_a_matrix_weight_or_a_sum_by_the_joined_key():
 
 def test_scaling_is_read_from_the_jaxpr():
     f64 = "float64"
-    assert passes._scaling(Kernel(lambda e, v: e * v, arity=2), [(), (3,)], f64, 0, 1)
-    assert passes._scaling(Kernel(jnp.multiply, arity=2), [(3, 2), ()], f64, 1, 0)
-    assert not passes._scaling(Kernel(jnp.multiply, arity=2), [(3,), (3,)], f64, 0, 1)  # not scalar
-    assert not passes._scaling(Kernel(lambda e, v: v @ e, arity=2), [(3, 3), (3,)], f64, 0, 1)
-    assert not passes._scaling(Kernel(lambda e, v: jax.nn.relu(e * v), arity=2), [(), (3,)], f64, 0, 1)
+    assert passes.is_scaling(Kernel(lambda e, v: e * v, arity=2), [(), (3,)], f64, 0, 1)
+    assert passes.is_scaling(Kernel(jnp.multiply, arity=2), [(3, 2), ()], f64, 1, 0)
+    assert not passes.is_scaling(Kernel(jnp.multiply, arity=2), [(3,), (3,)], f64, 0, 1)  # not scalar
+    assert not passes.is_scaling(Kernel(lambda e, v: v @ e, arity=2), [(3, 3), (3,)], f64, 0, 1)
+    assert not passes.is_scaling(Kernel(lambda e, v: jax.nn.relu(e * v), arity=2), [(), (3,)], f64, 0, 1)
 
 
 # ---- the same relations as the logical plan ---------------------------------------------------

@@ -50,7 +50,7 @@ class SGD:
 
 
 @partial(jax.jit, static_argnames=("lr", "b1", "b2", "eps"))
-def _adam_step(p, g, m, v, t, lr, b1, b2, eps):
+def adam_step(p, g, m, v, t, lr, b1, b2, eps):
     m = b1 * m + (1 - b1) * g  # first and second moment estimates
     v = b2 * v + (1 - b2) * g * g
     m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)  # bias correction at step t
@@ -76,7 +76,7 @@ class Adam:
         step += 1
         new, new_m, new_v = [], [], []
         for p, g, m, v in zip(params, grads, ms, vs):
-            value, m, v = _adam_step(p.table().values, g.values_like(p), m, v, step,
+            value, m, v = adam_step(p.table().values, g.values_like(p), m, v, step,
                                      self.lr, self.b1, self.b2, self.eps)
             new.append(p.with_values(value))
             new_m.append(m)

@@ -126,7 +126,7 @@ def fuse_join_aggregates(outputs: Sequence[Node]) -> dict[Node, Node]:
     return new
 
 
-def _scaling(kernel, shapes, dtype: str, scalar: int, value: int) -> bool:
+def is_scaling(kernel, shapes, dtype: str, scalar: int, value: int) -> bool:
     """Whether ``kernel(*args)`` is exactly ``args[scalar] * args[value]`` with ``args[scalar]`` of
     shape (): its jaxpr, pruned to what the output depends on, is one ``mul`` of those two
     arguments (other arguments unused). Decided from the traced program, never from names."""
@@ -188,7 +188,7 @@ def _forward_spmm(J: Join, by: str):
         return None
     shapes = [J.left.schema.value_shape, J.right.schema.value_shape]
     s = 0 if side == "left" else 1
-    if not _scaling(J.kernel, shapes, J.schema.dtype, s, 1 - s):
+    if not is_scaling(J.kernel, shapes, J.schema.dtype, s, 1 - s):
         return None
     return dict(edge=E, dense=X, rows=None, row_key=free, col_key=joined)
 
@@ -224,7 +224,7 @@ def _backward_spmm(P, by: str):
     if out.get(by) != cls[(side, joined)]:  # summed by the key X is joined on
         return None
     shapes = [P.left.schema.value_shape, P.right.schema.value_shape, C.schema.value_shape]
-    if not _scaling(P.kernel, shapes, P.schema.dtype, 0 if side == "left" else 1, 2):
+    if not is_scaling(P.kernel, shapes, P.schema.dtype, 0 if side == "left" else 1, 2):
         return None
     return dict(edge=E, dense=C.right, rows=X, row_key=joined, col_key=free)
 

@@ -34,34 +34,26 @@ on exit, if this runner started it.
 from __future__ import annotations
 
 import functools
-import os
 import time
-import warnings
 import weakref
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
-# Ray resolves a loopback node address to the machine's external one unless this is off; with it
-# off, every Ray server binds to 127.0.0.1. Read when ray is first imported.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+import jax
+import polars as pl
+import ray
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import polars as pl  # noqa: E402
-import ray  # noqa: E402
-from ray._private import ray_constants  # noqa: E402
-
-from workbench import passes  # noqa: E402
-from workbench.execute.base import Context, Executor, NodeStats  # noqa: E402
-from workbench.execute.partition import (check_partitions, concat_pieces, empty_piece,  # noqa: E402
+from workbench import passes
+from workbench.execute import ray_cluster
+from workbench.execute.base import Context, Executor, NodeStats
+from workbench.execute.partition import (check_partitions, concat_pieces, empty_piece,
                                          piece_meta, piece_table, split_piece, table_piece)
-from workbench.execute.placement import (join_output_columns, keyless_output, pair_columns,  # noqa: E402
+from workbench.execute.placement import (join_output_columns, keyless_output, pair_columns,
                                          renamed)
-from workbench.execute.ray_tasks import (apply_task, final_task, gather_task, jitted_reference,  # noqa: E402
-                                         jitted_restore, partial_task, split_task)
-from workbench.physical import JoinAggregate, PairJoin  # noqa: E402
-from workbench.plan import Add, Aggregate, Join, Node, Scan, Schema, Select, toposort  # noqa: E402
-from workbench.table import Table  # noqa: E402
+from workbench.execute.ray_tasks import apply_task, final_task, gather_task, partial_task, split_task
+from workbench.physical import JoinAggregate, PairJoin
+from workbench.plan import Add, Aggregate, Join, Node, Scan, Schema, Select, toposort
+from workbench.table import Table
 
 
 def fuse_partitionable_pair_joins(outputs):
@@ -150,17 +142,8 @@ class RayRunner(Executor):
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> "RayRunner":
-        if not ray.is_initialized():
-            ray_constants.ENABLE_RAY_CLUSTER = False  # loopback stays loopback (see the top)
-            args = dict(num_cpus=self.num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
-                        log_to_driver=False, configure_logging=False)
-            with warnings.catch_warnings():  # Ray starts its servers by fork+exec: no JAX state is shared
-                warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
-                ray.init(**{**args, **self.ray_init})
-            self._started = True
-        ray.util.register_serializer(type(jnp.matmul), serializer=jitted_reference,
-                                     deserializer=jitted_restore)
-        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self._started = ray_cluster.start(self.num_cpus, **self.ray_init)
+        cpus = ray_cluster.cpus()
         if self.partitions > PARTITIONS_PER_CPU * cpus:
             self.close()
             raise ValueError(

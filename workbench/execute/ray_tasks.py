@@ -2,8 +2,6 @@
 node over one partition's pieces, or one side of a hash shuffle."""
 from __future__ import annotations
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,22 +81,3 @@ def final_task(node: Aggregate, x64: bool, mean: bool, *pieces):
 
 
 
-
-# ---- shipping jitted functions ------------------------------------------------------------------
-
-
-def jitted_reference(fn):
-    """A jitted function (``jnp.matmul``, ``jax.nn.relu``) by its import path, else by the
-    function it wraps: pickling one by value gives a broken copy."""
-    module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
-    try:
-        if module and name and getattr(importlib.import_module(module), name) is fn:
-            return module, name, None
-    except (ImportError, AttributeError):
-        pass
-    return None, None, fn.__wrapped__
-
-
-def jitted_restore(ref):
-    module, name, wrapped = ref
-    return getattr(importlib.import_module(module), name) if module else jax.jit(wrapped)

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
+from workbench.datasets.text import tab_separated_lines
 from workbench.errors import RelationError
 from workbench.relation import Relation, default_dtype, from_frame, from_tensor
 
@@ -202,22 +203,11 @@ def load_linqs(directory: str | Path, name: str | None = None, train_per_class: 
 
 
 def _read_tsv(path: Path) -> pl.DataFrame:
-    """The non-blank lines of a LINQS file: 1-based ``line_no``, the raw ``line``, and ``parts``,
-    its tab-separated fields with the whitespace around each stripped."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise RelationError(f"load_linqs: '{path}', line {line}: not UTF-8 text ({exc.reason} at "
-                            f"byte {exc.start})") from None
-    lines = pl.DataFrame({"line": text.replace("\r\n", "\n").replace("\r", "\n").split("\n")},
-                         schema={"line": pl.String}).with_row_index("line_no", offset=1)
-    lines = lines.filter(pl.col("line").str.strip_chars() != "")
+    """The non-blank lines of a LINQS file (``tab_separated_lines``); an empty file is refused."""
+    lines = tab_separated_lines(path)
     if lines.height == 0:
         raise RelationError(f"load_linqs: '{path}' is empty")
-    return lines.with_columns(
-        pl.col("line").str.split("\t").list.eval(pl.element().str.strip_chars()).alias("parts"))
+    return lines
 
 
 def _line_error(path: Path, row: dict, what: str, n_bad: int = 1) -> RelationError:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from workbench.datasets.text import tab_separated_lines
 from workbench.errors import RelationError
 from workbench.relation import Relation, default_dtype, from_frame
 
@@ -65,23 +66,6 @@ class Triples:
         return f"Triples({self.summary()})"
 
 
-def _lines(path: Path) -> pl.DataFrame:
-    """The non-blank lines of a text file: 1-based ``line_no``, the raw ``line``, and ``parts``, its
-    tab-separated fields with the whitespace around each stripped. A UTF-8 byte-order mark is
-    dropped; line ends are LF, CRLF or CR."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise RelationError(f"{str(path)!r}, line {line}: not UTF-8 text ({exc.reason} at byte "
-                            f"{exc.start}); save the file as UTF-8") from None
-    lines = pl.DataFrame({"line": text.replace("\r\n", "\n").replace("\r", "\n").split("\n")},
-                         schema={"line": pl.String}).with_row_index("line_no", offset=1)
-    return lines.filter(pl.col("line").str.strip_chars() != "").with_columns(
-        pl.col("line").str.split("\t").list.eval(pl.element().str.strip_chars()).alias("parts"))
-
-
 # Column names of a header line, per field, in lower case; a leading '#' is ignored.
 HEADER = (("head", "head_entity", "subject", "source"),
           ("relation", "rel", "predicate"),
@@ -102,7 +86,7 @@ def _read(path: Path) -> pl.DataFrame:
         raise FileNotFoundError(f"knowledge graph split file {str(path)!r} does not exist; give the "
                                 f"path of a tab-separated file with one 'head<TAB>relation<TAB>tail' "
                                 f"line per triple")
-    rows = _lines(path).with_columns(_is_header().alias("header"))
+    rows = tab_separated_lines(path).with_columns(_is_header().alias("header"))
     if rows.height and rows["header"][0]:
         rows = rows.slice(1)
     count = pl.col("parts").list.len()

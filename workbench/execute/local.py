@@ -75,9 +75,8 @@ def check_unique(keys: pl.DataFrame, height: int, node: Node, what: str) -> None
             f"use wb.aggregate(..., by={node.schema.keys}).")
 
 
-@run_node.register
-def _select(node: Select, inputs, ctx) -> Table:
-    (t,) = inputs
+def select_rows(node: Select, t: Table) -> tuple[pl.DataFrame, np.ndarray | None]:
+    """A select's output keys, and the input rows it keeps (None: all, in order)."""
     keys, rows = t.keys, None
     if node.pred is not None:
         idx = "_i" + "_" * max((len(c) for c in keys.columns), default=0)  # a name no key has
@@ -97,6 +96,13 @@ def _select(node: Select, inputs, ctx) -> Table:
     n = t.height if rows is None else len(rows)
     if node.drops_keys:
         check_unique(out, n, node, f"select over '{node.input.display_name}'")
+    return out, rows
+
+
+@run_node.register
+def _select(node: Select, inputs, ctx) -> Table:
+    (t,) = inputs
+    out, rows = select_rows(node, t)
     if node.kernel is not None:
         values = K.apply(node.kernel, [(t.values, rows)], [node.input.schema.value_shape], t.values.dtype.name)
     elif rows is not None:
@@ -126,7 +132,7 @@ def memory_limit() -> int:
     return min(limit, soft) if soft not in (resource.RLIM_INFINITY, -1) else limit
 
 
-def join_rows(lkeys: pl.DataFrame, lheight: int, rkeys: pl.DataFrame, rheight: int, on) -> int:
+def count_join_tuples(lkeys: pl.DataFrame, lheight: int, rkeys: pl.DataFrame, rheight: int, on) -> int:
     """The exact number of tuples an equi-join produces: sum over join values of the count on
     the left times the count on the right (a cross join: the product of the heights)."""
     if not on or not lkeys.width or not rkeys.width:
@@ -145,7 +151,7 @@ def check_join_fits(lkeys, lheight: int, rkeys, rheight: int, on, what: str, val
     limit = memory_limit()
     if lheight * rheight * per_row <= limit // 2:  # even a cross join fits: nothing to count
         return
-    rows = join_rows(lkeys, lheight, rkeys, rheight, on)
+    rows = count_join_tuples(lkeys, lheight, rkeys, rheight, on)
     if rows * per_row > limit // 2:
         kind = f"on {', '.join(f'{l}={r}' for l, r in on)}" if on else "as a cross join (on={})"
         raise PlanError(
@@ -243,6 +249,14 @@ def _fused(ctx: LocalContext, node: Node | None, rows: int) -> None:
 
 def _join_parts(node: Node, inputs, ctx):
     """A join's output keys, and its kernel's arguments as (values, rows) with their shapes."""
+    out, rows = join_rows(node, inputs, ctx)
+    args = [(t.values, r) for t, r in zip(inputs, rows)]
+    return out, args, [n.schema.value_shape for n in node.inputs]
+
+
+def join_rows(node: Node, inputs, ctx) -> tuple[pl.DataFrame, list[np.ndarray]]:
+    """A join's (Join or PairJoin) output keys, and for each input the row each output tuple
+    reads. Only the inputs' keys and heights are used."""
     if isinstance(node, PairJoin):
         # the pairs of (L, R) under the forward join's match, joined with the cotangent C; the
         # kernel reads L's and R's values through the composed row indices: no packed pairs
@@ -260,15 +274,13 @@ def _join_parts(node: Node, inputs, ctx):
         if node.drops_keys:
             check_unique(out, len(ti), node, f"join of the pairs of '{node.left.display_name}' and "
                                               f"'{node.right.display_name}' with '{node.cotangent.display_name}'")
-        args = [(lt.values, li[ti]), (rt.values, ri[ti]), (ct.values, ci)]
-        return out, args, [n.schema.value_shape for n in node.inputs]
+        return out, [li[ti], ri[ti], ci]
     lt, rt = inputs
     li, ri, frame = _match(node, lt, rt, ctx)
     out = _project(frame, node.keys)
     if node.drops_keys:
         check_unique(out, len(li), node, f"join of '{node.left.display_name}' and '{node.right.display_name}'")
-    shapes = [node.left.schema.value_shape, node.right.schema.value_shape]
-    return out, [(lt.values, li), (rt.values, ri)], shapes
+    return out, [li, ri]
 
 
 def group_ids(keys: pl.DataFrame, by: tuple[str, ...], extents: tuple[int, ...]):

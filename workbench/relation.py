@@ -7,6 +7,10 @@ executor (``set_default_executor``; ``workbench.api`` sets the local one), and k
 """
 from __future__ import annotations
 
+import math
+import os
+import sys
+import warnings
 from typing import Sequence
 
 import jax
@@ -36,22 +40,89 @@ def default_dtype() -> str:
     return "float64" if jax.config.read("jax_enable_x64") else "float32"
 
 
-def resolve_dtype(given, source_dtype, what: str) -> str:
-    """The float dtype a relation built from ``what`` gets. Never downcasts silently."""
+def resolve_dtype(given, source_dtype, what: str, weak: bool = False) -> str:
+    """The float dtype a relation built from ``what`` gets.
+
+    An explicit ``given`` dtype is honoured or refused, never changed. Without one, float32 and
+    float64 sources keep their dtype; integers, booleans, float16 and ``weak`` sources (Python
+    numbers and lists, which have no dtype of their own) get the default float. The one
+    conversion: float64 data while JAX's x64 mode is off becomes float32, as JAX itself would
+    do, with a UserWarning saying how to keep float64."""
+    x64 = jax.config.read("jax_enable_x64")
     if given is not None:
-        dtype = np.dtype(given)
+        try:
+            dtype = np.dtype(given)
+        except TypeError:
+            raise RelationError(f"{what}: dtype must be float32 or float64, got {given!r}") from None
         if dtype not in (np.float32, np.float64):
             raise RelationError(f"{what}: dtype must be float32 or float64, got {dtype}")
-    elif np.issubdtype(source_dtype, np.floating) and np.dtype(source_dtype).itemsize >= 4:
-        dtype = np.dtype(source_dtype)
-    else:  # integers, booleans and float16 become the default float
-        dtype = np.dtype(default_dtype())
-    if dtype == np.float64 and not jax.config.read("jax_enable_x64"):
-        raise RelationError(
-            f"{what}: float64 values need JAX's x64 mode, which is off. Either turn it on with "
-            f"`jax.config.update('jax_enable_x64', True)` before building relations, or pass "
-            f"dtype='float32' to convert explicitly.")
-    return str(dtype)
+        if dtype == np.float64 and not x64:
+            raise RelationError(
+                f"{what}: dtype='float64' was asked for, but JAX's x64 mode is off, so JAX cannot "
+                f"hold float64 values. Either turn it on with "
+                f"`jax.config.update('jax_enable_x64', True)` before building relations, or pass "
+                f"dtype='float32'.")
+        return str(dtype)
+    source = np.dtype(source_dtype)
+    if weak or not np.issubdtype(source, np.floating) or source.itemsize < 4:
+        return default_dtype()  # integers, booleans, float16 and Python numbers
+    if source.itemsize > 8:  # long double
+        source = np.dtype(np.float64)
+    if source == np.float64 and not x64:
+        _warn_user(f"{what}: float64 values are stored as float32 because JAX's x64 mode is off. "
+                   f"To keep float64, run `jax.config.update('jax_enable_x64', True)` before "
+                   f"building relations; to silence this warning, pass dtype='float32'.")
+        return "float32"
+    return str(source)
+
+
+def _warn_user(message: str) -> None:
+    """A UserWarning attributed to the first caller outside the workbench package."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
+def _extent_tuple(given, arg: str, keys: Sequence[str], where: str, fix: str) -> tuple[int, ...]:
+    """``given`` (a sequence of extents, or one int) as a tuple of non-negative Python ints."""
+    if isinstance(given, (int, np.integer)) and not isinstance(given, (bool, np.bool_)):
+        given = (given,)
+    try:
+        items = tuple(given) if not isinstance(given, (str, bytes)) else None
+    except TypeError:
+        items = None
+    if items is None:
+        raise RelationError(f"{where}: {arg} must be a sequence of non-negative integers, one per "
+                            f"key {tuple(keys)}, got {given!r}; {fix}.")
+    out = []
+    for i, e in enumerate(items):
+        ok = (isinstance(e, (int, float, np.integer, np.floating))
+              and not isinstance(e, (bool, np.bool_)) and math.isfinite(e)
+              and float(e).is_integer() and e >= 0)
+        if not ok:
+            which = f"key '{keys[i]}'" if i < len(keys) else f"position {i}"
+            raise RelationError(
+                f"{where}: {arg}={items} gives {e!r} for {which}; extents must be non-negative "
+                f"integers (a key of extent n takes the values 0..n-1); {fix}.")
+        out.append(int(e))
+    return tuple(out)
+
+
+def _memory_bytes() -> int:
+    """This machine's physical memory in bytes (64 GiB when the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return 64 << 30
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:,.1f} GiB"
+
+
+INT64_MAX = 2 ** 63 - 1
 
 
 class Relation:
@@ -132,13 +203,34 @@ class Relation:
     def to_tensor(self, shape: Sequence[int] | None = None) -> np.ndarray:
         """Dense array of shape ``extents + value_shape`` (or ``shape + value_shape``), zeros for
         absent tuples."""
-        extents = tuple(int(s) for s in shape) if shape is not None else self.extents
-        if len(extents) != len(self.keys):
-            raise RelationError(
-                f"to_tensor of relation '{self.name}' with keys {self.keys}: shape {tuple(shape)} "
-                f"must give one extent per key ({len(self.keys)}).")
+        where = f"to_tensor of relation '{self.name}'"
+        if shape is None:
+            extents = tuple(int(e) for e in self.extents)
+        else:
+            extents = _extent_tuple(shape, "shape", self.keys, where,
+                                    "leave shape out to use the relation's extents "
+                                    f"{tuple(self.extents)}")
+            if len(extents) != len(self.keys):
+                raise RelationError(
+                    f"to_tensor of relation '{self.name}' with keys {self.keys}: shape {extents} "
+                    f"must give one extent per key ({len(self.keys)}).")
+        dense = extents + tuple(self.value_shape)
+        itemsize = np.dtype(self.dtype).itemsize
+        size = math.prod(dense) * itemsize
+        memory = _memory_bytes()
+        too_big = (f"{where}: a dense array of shape {dense} (extents {extents} of keys "
+                   f"{self.keys}, value shape {tuple(self.value_shape)}, {self.dtype}) takes "
+                   f"{_gib(size)}")
+        advice = ("A relation whose keys are sparse ids is read with to_frame() (one row per tuple); "
+                  "to_tensor(shape=...) with smaller extents gives a dense corner of it.")
+        if size > memory:
+            raise RelationError(f"{too_big}, more than this machine's {_gib(memory)} of memory. "
+                                f"{advice}")
         t = self.table()
-        out = np.zeros(extents + self.value_shape, dtype=self.dtype)
+        try:
+            out = np.zeros(dense, dtype=self.dtype)
+        except (MemoryError, ValueError) as e:
+            raise RelationError(f"{too_big}, which could not be allocated ({e}). {advice}") from None
         if not self.keys:
             if t.height:
                 out[...] = np.asarray(t.values[0])
@@ -206,6 +298,7 @@ def from_tensor(x, keys: Sequence[str] = (), dtype=None, name: str = "R") -> Rel
     >>> from_tensor(np.ones((5, 3)), keys=("i",))   # 5 tuples of 3-vectors
     """
     keys = _key_names(keys, "from_tensor")
+    weak = not hasattr(x, "dtype")  # Python numbers and lists get the default float
     x = np.asarray(x)
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise RelationError(f"from_tensor '{name}': values must be numeric, got {x.dtype}")
@@ -215,7 +308,7 @@ def from_tensor(x, keys: Sequence[str] = (), dtype=None, name: str = "R") -> Rel
     if x.ndim < len(keys):
         raise RelationError(f"from_tensor '{name}': {len(keys)} keys {keys} need at least "
                             f"{len(keys)} axes, the array has shape {x.shape}")
-    dtype = resolve_dtype(dtype, x.dtype, f"from_tensor '{name}'")
+    dtype = resolve_dtype(dtype, x.dtype, f"from_tensor '{name}'", weak=weak)
     extents = tuple(int(s) for s in x.shape[: len(keys)])
     grid = np.indices(extents, dtype=np.int64).reshape(len(keys), -1) if keys else np.zeros((0, 1), np.int64)
     frame = pl.DataFrame({k: grid[i] for i, k in enumerate(keys)}) if keys else pl.DataFrame()
@@ -225,7 +318,10 @@ def from_tensor(x, keys: Sequence[str] = (), dtype=None, name: str = "R") -> Rel
 
 def from_matrix(x, block: Sequence[int], dtype=None, name: str = "A") -> Relation:
     """A matrix stored as blocks ``A(row, col) -> br x bc block``."""
+    weak = not hasattr(x, "dtype")
     x = np.asarray(x)
+    if weak and dtype is None and (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        dtype = default_dtype()  # Python numbers, as in from_tensor
     if x.ndim != 2:
         raise RelationError(f"from_matrix '{name}': expects a 2-D matrix, got shape {x.shape}")
     if len(block) != 2 or min(block) < 1 or any(int(b) != b for b in block):
@@ -286,6 +382,12 @@ def from_frame(df, keys: Sequence[str], value: str, extents: Sequence[int] | Non
         if len(col) and col.min() < 0:
             raise RelationError(f"from_frame '{name}': key column '{k}' has negative keys "
                                 f"(min {col.min()}); keys index a key space 0..extent-1.")
+        if len(col) and col.max() > INT64_MAX:
+            raise RelationError(
+                f"from_frame '{name}': key column '{k}' ({col.dtype}) holds ids up to {col.max()}, "
+                f"above the int64 maximum 2**63 - 1; keys are int64. Remap the ids to 0..n-1, e.g. "
+                f"df.with_columns(pl.col('{k}').rank('dense') - 1), using one mapping for every "
+                f"relation that shares these ids (keep it to translate results back).")
         key_cols[k] = col.cast(pl.Int64)
     frame = pl.DataFrame(key_cols) if keys else pl.DataFrame()
     values = _value_array(df[value], name)
@@ -300,7 +402,8 @@ def from_frame(df, keys: Sequence[str], value: str, extents: Sequence[int] | Non
     if extents is None:
         ext = tuple(int(frame[k].max()) + 1 if frame.height else 0 for k in keys)
     else:
-        ext = tuple(int(e) for e in extents)
+        ext = _extent_tuple(extents, "extents", keys, f"from_frame '{name}'",
+                            "leave extents out to use max(key) + 1 for each key")
         if len(ext) != len(keys):
             raise RelationError(f"from_frame '{name}': extents {ext} must give one per key {keys}")
         for k, e in zip(keys, ext):
@@ -312,38 +415,114 @@ def from_frame(df, keys: Sequence[str], value: str, extents: Sequence[int] | Non
 
 
 def _value_array(col: pl.Series, name: str) -> np.ndarray:
-    """The value column as an (n, *value_shape) numeric numpy array, or a clear error."""
-    dt = col.dtype
+    """The value column as an (n, *value_shape) numeric numpy array, or a clear error.
+
+    Values are numbers (integers, floats, booleans) or fixed-size arrays of them: pl.Array of
+    any shape, or pl.List nested to any depth (and mixed with pl.Array) as long as every list at
+    one depth has the same length; such regular lists are read as the array they spell."""
+    where, c, dt = f"from_frame '{name}'", col.name, col.dtype
     if col.null_count():
-        raise RelationError(f"from_frame '{name}': value column '{col.name}' has "
-                            f"{col.null_count()} nulls")
-    if isinstance(dt, pl.List):
-        lengths = col.list.len()
-        if lengths.n_unique() > 1:
-            raise RelationError(f"from_frame '{name}': value column '{col.name}' is ragged (lists "
-                                f"of lengths {lengths.min()}..{lengths.max()}); every value must "
-                                f"have one shape.")
-        width = int(lengths[0]) if len(col) else 0
-        col = col.cast(pl.Array(dt.inner, width))
-        dt = col.dtype
-    inner = dt
-    while isinstance(inner, pl.Array):
-        inner = inner.inner
-    if not (inner.is_numeric() or inner == pl.Boolean):
-        raise RelationError(f"from_frame '{name}': value column '{col.name}' holds {dt}; values "
-                            f"must be numbers or fixed-size arrays of numbers.")
-    flat = col
-    while isinstance(flat.dtype, pl.Array):
+        raise RelationError(f"{where}: value column '{c}' has {col.null_count()} nulls")
+    leaf = dt
+    while isinstance(leaf, (pl.List, pl.Array)):
+        leaf = leaf.inner
+    problem = _leaf_problem(leaf, dt, c)
+    if problem:
+        raise RelationError(f"{where}: value column '{c}' {problem}")
+    n, shape, flat, depth = len(col), [], col, 0
+    while isinstance(flat.dtype, (pl.List, pl.Array)):
+        if depth and flat.null_count():
+            raise _nested_nulls(where, c, flat.null_count())
+        depth += 1
+        if isinstance(flat.dtype, pl.Array):
+            width = flat.dtype.shape[0]
+        else:
+            lengths = flat.list.len()
+            if lengths.n_unique() > 1:
+                at = f" at depth {depth}" if depth > 1 else ""
+                raise RelationError(
+                    f"{where}: value column '{c}' is ragged (lists of lengths "
+                    f"{lengths.min()}..{lengths.max()}{at}); every value must have one shape.")
+            width = int(lengths[0]) if len(flat) else 0
+        shape.append(width)
+        if width == 0:  # no elements: the widths of deeper lists are unknown, take 0
+            rest = flat.dtype.inner
+            while isinstance(rest, (pl.List, pl.Array)):
+                shape.append(rest.shape[0] if isinstance(rest, pl.Array) else 0)
+                rest = rest.inner
+            return np.zeros((n, *shape), dtype=pl.Series([], dtype=leaf).to_numpy().dtype)
         flat = flat.explode()
-    if flat.null_count():
-        raise RelationError(f"from_frame '{name}': value column '{col.name}' has "
-                            f"{flat.null_count()} null entries inside its arrays; fill them first "
-                            f"(e.g. pl.col('{col.name}').list.eval(pl.element().fill_null(0.0))).")
-    arr = col.to_numpy()
-    if arr.dtype == object:
-        raise RelationError(f"from_frame '{name}': value column '{col.name}' could not be read as "
-                            f"a numeric array (dtype {dt}); check for nested nulls.")
-    return arr
+    if depth and flat.null_count():
+        raise _nested_nulls(where, c, flat.null_count())
+    arr = flat.to_numpy()
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise RelationError(f"{where}: value column '{c}' holds {dt}, which could not be read as "
+                            f"numbers (numpy dtype {arr.dtype}); cast it first, e.g. "
+                            f"pl.col('{c}').cast({_dtype_code(dt)}).")
+    return arr.reshape((n, *shape))
+
+
+def _nested_nulls(where: str, c: str, count: int) -> RelationError:
+    return RelationError(f"{where}: value column '{c}' has {count} null entries inside its "
+                         f"arrays; fill them first (e.g. "
+                         f"pl.col('{c}').list.eval(pl.element().fill_null(0.0))).")
+
+
+def _dtype_code(dt, leaf: str = "pl.Float64") -> str:
+    """Polars code for ``dt`` with its innermost (non-list) dtype replaced by ``leaf``."""
+    if isinstance(dt, pl.List):
+        return f"pl.List({_dtype_code(dt.inner, leaf)})"
+    if isinstance(dt, pl.Array):
+        sizes = []
+        while isinstance(dt, pl.Array):
+            sizes.append(dt.shape[0])
+            dt = dt.inner
+        size = sizes[0] if len(sizes) == 1 else tuple(sizes)
+        return f"pl.Array({_dtype_code(dt, leaf)}, {size})"
+    return leaf
+
+
+def _leaf_problem(leaf, dt, c: str) -> str | None:
+    """What is wrong with values whose innermost dtype is ``leaf``, with the fix; None if fine."""
+    col = f"pl.col('{c}')"
+    nested = leaf != dt
+    cast = f"{col}.cast({_dtype_code(dt)})"
+    if isinstance(leaf, pl.Decimal):
+        return (f"holds {dt}; Decimal is not supported, relation values are "
+                f"floats. Cast the column first: {cast}.")
+    if leaf in (pl.Int128, pl.UInt128):
+        return (f"holds {dt}: 128-bit integers, which numpy and JAX do not have. Cast the column "
+                f"first: {cast}.")
+    if leaf == pl.Boolean or leaf.is_numeric():
+        return None
+    if leaf in (pl.String, pl.Utf8):
+        return (f"holds {dt}; relation values are numbers. If the strings spell numbers, "
+                f"parse them with {cast}; if they are labels, encode them as integer ids or "
+                f"one-hot vectors.")
+    if isinstance(leaf, (pl.Categorical, pl.Enum)):
+        return (f"holds {dt} categories; relation values are numbers. Use their integer codes, "
+                f"{col}.to_physical(), or one-hot vectors.")
+    if leaf.is_temporal():
+        e = col if not nested else "pl.element()"
+        fix = (f"{e}.dt.epoch('d').cast(pl.Float64) (days since 1970-01-01)" if leaf == pl.Date
+               else f"{e}.dt.epoch('s').cast(pl.Float64) (seconds since 1970)" if leaf == pl.Datetime
+               else f"{e}.dt.total_seconds(fractional=True)" if leaf == pl.Duration
+               else f"{e}.cast(pl.Int64).cast(pl.Float64) (nanoseconds since midnight)")
+        inside = f" inside {col}.list.eval(...)" if nested else ""
+        return (f"holds {dt}; relation values are numbers. Convert them "
+                f"explicitly, e.g. {fix}{inside}.")
+    if leaf == pl.Object:
+        return (f"holds {dt} (Python objects); relation values are numbers. Convert the objects "
+                f"to numbers and build the column with a numeric dtype, e.g. "
+                f"pl.Series('{c}', [float(v) for v in values], dtype=pl.Float64).")
+    if isinstance(leaf, pl.Struct) and not nested:
+        fields = [f.name for f in leaf.fields]
+        return (f"holds {dt}; relation values are numbers or arrays. Take one field, "
+                f"{col}.struct.field('{fields[0] if fields else 'name'}'), or stack the fields "
+                f"into an array, pl.concat_arr([{col}.struct.field(f).cast(pl.Float64) for f in "
+                f"{fields}]).")
+    return (f"holds {dt}; relation values must be numbers (integers, floats, booleans) or "
+            f"fixed-size arrays of numbers, e.g. {col}.cast(pl.Array(pl.Float64, shape)).")
 
 
 def _key_names(keys, where: str) -> tuple[str, ...]:

@@ -493,6 +493,29 @@ def check_program(spec, in_metas, seed, density, scalar=False):
             assert present(g) <= present(r), f"grad {i} has tuples the primal lacks"
         else:
             assert len(g) == 1
+    check_compiled(f, rels, scalar, want_out, want_grads, None if scalar else ct)
+
+
+def check_compiled(f, rels, scalar, want_out, want_grads, ct):
+    """The same program compiled (``wb.jit``): one XLA program gives the twin's output and
+    gradients. A keyed output is differentiated through <ct, f(rels)>, whose gradient is the
+    pullback of the cotangent ``ct``."""
+    argnums = tuple(range(len(rels)))
+    if scalar:
+        value, grads = wb.jit(wb.value_and_grad(f, argnums=argnums))(*rels)
+        close(value.to_tensor(), want_out, "compiled loss")
+    else:
+        close(wb.jit(f)(*rels).to_tensor(), want_out, "compiled output")
+
+        def inner(*rs):
+            out = f(*rs)
+            paired = wb.join(out, ct, on={k: k for k in out.keys}, kernel=lambda a, b: jnp.sum(a * b))
+            return wb.aggregate(paired, by=())
+
+        _, grads = wb.jit(wb.value_and_grad(inner, argnums=argnums))(*rels)
+    for i, (g, r, w) in enumerate(zip(grads, rels, want_grads)):
+        assert g.keys == r.keys and g.value_shape == r.value_shape
+        close(g.to_tensor(), w, f"compiled grad of input {i}")
 
 
 SETTINGS = dict(deadline=None, derandomize=True, print_blob=True,

@@ -1,5 +1,5 @@
 """workbench: differentiate machine-learning programs written in relational algebra."""
-from workbench.api import clear_caches, grad, plans, trace, value_and_grad, vjp
+from workbench.api import clear_caches, grad, jit, plans, trace, value_and_grad, vjp
 from workbench.errors import KernelError, PlanError, RelationError
 from workbench.execute import Executor, LocalExecutor
 from workbench.explore import explore
@@ -13,7 +13,7 @@ __all__ = [
     "Relation", "from_tensor", "from_matrix", "from_frame", "to_matrix",
     "select", "join", "aggregate", "Plan", "Plans", "Kernel",
     "RelationError", "PlanError", "KernelError",
-    "vjp", "grad", "value_and_grad", "plans", "trace", "backward", "gradient_nodes", "seed",
+    "vjp", "grad", "value_and_grad", "jit", "plans", "trace", "backward", "gradient_nodes", "seed",
     "RJP_RULES", "Executor", "LocalExecutor", "render", "explore", "clear_caches",
 ]
 __version__ = "0.1.0"

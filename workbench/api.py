@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import inspect
 import operator
+import time
 from typing import Callable, Sequence
 
 from workbench import kernels, passes, relation, sparse
 from workbench.execute import batched
 from workbench.errors import PlanError
 from workbench.execute import Executor, LocalExecutor
+from workbench.execute.compiled import CompiledPlan
 from workbench.ops import select_node
 from workbench.plan import Node, Scan
 from workbench.relation import Relation
@@ -111,25 +113,36 @@ def vjp(f: Callable, *rels: Relation, executor: Executor | None = None):
     return out, pullback
 
 
-def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, executor: Executor | None = None):
-    """``f(*rels) -> (loss, grads)``; grads is one relation, or a tuple when argnums is a tuple."""
-    ex = _executor(executor, "value_and_grad")
+class Differentiated:
+    """What ``value_and_grad`` and ``grad`` return: a callable ``(*rels) -> (loss, grads)`` (or
+    grads), which ``jit`` compiles."""
 
-    def run(*rels: Relation):
-        nums = check_argnums(argnums, len(rels), "value_and_grad")
-        leaves, out = trace(f, *rels, what="value_and_grad")
+    def __init__(self, f: Callable, argnums, executor: Executor | None, with_value: bool):
+        self.f, self.argnums, self.with_value = f, argnums, with_value
+        self.executor = _executor(executor, "value_and_grad" if with_value else "grad")
+
+    def __call__(self, *rels: Relation):
+        what = "value_and_grad" if self.with_value else "grad"
+        nums = check_argnums(self.argnums, len(rels), what)
+        leaves, out = trace(self.f, *rels, what=what)
         _check_scalar(out, "grad")
+        ex = self.executor
         ctx = ex.context()
         out = Relation.computed(out.node, ex.run([out.node], ctx)[0])
         grads = _gradients(ex, ctx, out, seed(out.node), leaves, nums)
-        return out, (grads[0] if isinstance(argnums, int) else tuple(grads))
-    return run
+        grads = grads[0] if isinstance(self.argnums, int) else tuple(grads)
+        return (out, grads) if self.with_value else grads
 
 
-def grad(f: Callable, argnums: int | Sequence[int] = 0, executor: Executor | None = None):
+def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0,
+                   executor: Executor | None = None) -> Differentiated:
+    """``f(*rels) -> (loss, grads)``; grads is one relation, or a tuple when argnums is a tuple."""
+    return Differentiated(f, argnums, executor, with_value=True)
+
+
+def grad(f: Callable, argnums: int | Sequence[int] = 0, executor: Executor | None = None) -> Differentiated:
     """The gradient of a scalar relational loss with respect to the ``argnums`` arguments."""
-    vg = value_and_grad(f, argnums, executor)
-    return lambda *rels: vg(*rels)[1]
+    return Differentiated(f, argnums, executor, with_value=False)
 
 
 def plans(f: Callable, *rels: Relation, argnums: int | Sequence[int] = 0,
@@ -159,3 +172,78 @@ def clear_caches() -> None:
     memory; results never depend on these caches, see the README on kernels)."""
     for module in (kernels, batched, passes, sparse):
         module.clear_cache()
+
+
+# ---- compiled steps ------------------------------------------------------------------------------
+
+class Compiled:
+    """``jit(fn)``: ``fn`` (a relational program, or ``value_and_grad`` / ``grad`` of one) traced,
+    differentiated and planned once per argument signature, then run as one XLA program.
+
+    The signature of an argument is its schema and its key frame: a relation built from another
+    by ``with_values`` (a parameter after an optimizer step, a fresh dropout mask) shares its key
+    frame, so the key plan (joins, group ids) is reused and only values move. As with
+    ``jax.jit``, whatever ``fn`` captures (relations, arrays, kernel state) is a constant of the
+    compiled program: pass what changes from step to step as an argument. ``timings`` tells
+    where the time of the last plan built went."""
+
+    def __init__(self, fn: Callable, max_plans: int = 8):
+        if isinstance(fn, Differentiated):
+            if not isinstance(fn.executor, LocalExecutor):
+                raise TypeError(f"jit: compiles programs for one process; {type(fn.executor).__name__} "
+                                f"runs its own plans (call the function without jit)")
+            self.f, self.argnums, self.grads, self.with_value = fn.f, fn.argnums, True, fn.with_value
+        elif callable(fn):
+            self.f, self.argnums, self.grads, self.with_value = fn, None, False, True
+        else:
+            raise TypeError(f"jit: expects a relational program or wb.value_and_grad / wb.grad of "
+                            f"one, got {type(fn).__name__}")
+        self.max_plans = max_plans
+        self._plans: dict = {}  # signature -> (key frames kept alive, plan, output nodes)
+        self.timings = None
+
+    def _signature(self, tables) -> tuple:
+        return tuple((id(t.keys), t.height) for t in tables)
+
+    def _build(self, rels, tables):
+        start = time.perf_counter()
+        what = "jit"
+        leaves, out = trace(self.f, *rels, what=what)
+        nodes, align = [out.node], [None]
+        if self.grads:
+            nums = check_argnums(self.argnums, len(rels), what)
+            _check_scalar(out, "grad")
+            nodes += gradient_nodes(out.node, seed(out.node), [leaves[i].node for i in nums])
+            align += [tables[i] for i in nums]
+        traced = time.perf_counter() - start
+        plan = CompiledPlan(nodes, [leaf.node for leaf in leaves], align)
+        plan.timings.trace = traced
+        return plan, nodes
+
+    def __call__(self, *rels: Relation):
+        for i, r in enumerate(rels):
+            if not isinstance(r, Relation):
+                raise TypeError(f"jit: argument {i} is a {type(r).__name__}, not a workbench Relation")
+        tables = [r.table() for r in rels]
+        sig = self._signature(tables)
+        entry = self._plans.get(sig)
+        if entry is None or any(k is not t.keys for k, t in zip(entry[0], tables)):
+            plan, nodes = self._build(rels, tables)
+            entry = ([t.keys for t in tables], plan, nodes)
+            self._plans[sig] = entry
+            while len(self._plans) > self.max_plans:
+                self._plans.pop(next(iter(self._plans)))
+        _, plan, nodes = entry
+        self.timings = plan.timings
+        results = plan([t.values for t in tables])
+        rels_out = [Relation.computed(n, t) for n, t in zip(nodes, results)]
+        if not self.grads:
+            return rels_out[0]
+        grads = rels_out[1] if isinstance(self.argnums, int) else tuple(rels_out[1:])
+        return (rels_out[0], grads) if self.with_value else grads
+
+
+def jit(fn: Callable) -> Compiled:
+    """Compile a relational program, or ``wb.value_and_grad`` / ``wb.grad`` of one, into one XLA
+    program per argument signature: ``step = wb.jit(wb.value_and_grad(loss, argnums=(1, 2)))``."""
+    return Compiled(fn)

@@ -29,7 +29,7 @@ from workbench.ops import join, select
 from workbench.optim import Adam
 from workbench.programs import propagate, softmax_cross_entropy
 from workbench.relation import Relation, default_dtype, from_tensor
-from workbench.api import value_and_grad
+from workbench.api import jit, value_and_grad
 
 PAPER = {"hidden": 256, "lr": 0.1, "dropout": 0.5}  # Tang et al.'s experiments
 
@@ -112,6 +112,18 @@ def loss_program(rels: GraphRelations, drop1: Relation | None = None, drop2: Rel
             return loss
         l2 = select(W1, kernel=lambda w: 0.5 * weight_decay * jnp.sum(w * w))
         return join(loss, l2, on={}, kernel=jnp.add)
+
+    return gcn_loss
+
+
+def masked_loss_program(rels: GraphRelations, weight_decay: float = 0.0,
+                        targets: Relation | None = None) -> Callable:
+    """The training loss as a function of (Node, W1, W2, M1, M2): the dropout masks are
+    arguments, not constants, so one compiled step (``wb.jit``) serves every epoch."""
+    targets = targets if targets is not None else train_targets(rels)
+
+    def gcn_loss(Node: Relation, W1: Relation, W2: Relation, M1: Relation, M2: Relation) -> Relation:
+        return loss_program(rels, M1, M2, weight_decay, targets)(Node, W1, W2)
 
     return gcn_loss
 
@@ -202,13 +214,21 @@ class History:
 
 def train(graph: Graph, hidden: int = 16, epochs: int = 200, lr: float = 0.01, dropout: float = 0.5,
           weight_decay: float = 5e-4, seed: int = 0, dtype=None,
-          callback: Callable[[int, History], None] | None = None) -> History:
+          callback: Callable[[int, History], None] | None = None, compiled: bool = True) -> History:
     """Train the two-layer GCN on ``graph`` with Adam: every epoch draws fresh dropout masks,
     runs ``wb.value_and_grad`` of the relational loss (the backward is the RJP plan) and updates
-    W1 and W2; then evaluates without dropout. ``callback(epoch, history)`` runs after each."""
+    W1 and W2; then evaluates without dropout. ``callback(epoch, history)`` runs after each.
+    ``compiled``: the step is ``wb.jit`` of it (one XLA program per epoch); else the interpreter
+    runs it node by node."""
     dtype = dtype or default_dtype()
     rels = to_relations(graph, dtype=dtype)
     targets = train_targets(rels)
+    maybe_jit = jit if compiled else (lambda f: f)
+    if dropout:
+        step = maybe_jit(value_and_grad(masked_loss_program(rels, weight_decay, targets), argnums=(1, 2)))
+    else:
+        step = maybe_jit(value_and_grad(loss_program(rels, None, None, weight_decay, targets), argnums=(1, 2)))
+    forward = maybe_jit(lambda Node, W1, W2: logits(Node, W1, W2, rels.edge))
     W1, W2 = init_params(graph.n_features, hidden, graph.n_classes, seed=seed, dtype=dtype)
     opt = Adam(lr=lr)
     state = opt.init((W1, W2))
@@ -217,15 +237,15 @@ def train(graph: Graph, hidden: int = 16, epochs: int = 200, lr: float = 0.01, d
     history = History(graph.name)
     for epoch in range(epochs):
         start = time.perf_counter()
-        m1 = dropout_mask(rels.node, dropout, rng, "M1")
-        m2 = dropout_mask(hidden_shape, dropout, rng, "M2")
-        f = loss_program(rels, m1, m2, weight_decay, targets)
-        loss, (g1, g2) = value_and_grad(f, argnums=(1, 2))(rels.node, W1, W2)
+        masks = ()
+        if dropout:
+            masks = (dropout_mask(rels.node, dropout, rng, "M1"), dropout_mask(hidden_shape, dropout, rng, "M2"))
+        loss, (g1, g2) = step(rels.node, W1, W2, *masks)
         (W1, W2), state = opt.update((W1, W2), (g1, g2), state)
         W2.table().values.block_until_ready()
         history.seconds.append(time.perf_counter() - start)
         history.loss.append(float(loss.to_tensor()))
-        z = logits(rels.node, W1, W2, rels.edge).to_tensor()
+        z = forward(rels.node, W1, W2).to_tensor()
         for split, acc in (("train", history.train_acc), ("val", history.val_acc),
                            ("test", history.test_acc)):
             acc.append(accuracy(z, graph.labels, getattr(graph, split)))

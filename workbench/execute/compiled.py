@@ -53,6 +53,7 @@ class Timings:
     keys: float = 0.0
     invariants: float = 0.0
     compile: float = 0.0
+    invariant_nodes: int = 0  # nodes computed once, before the first call
 
     def __str__(self) -> str:
         return (f"trace and derive {self.trace * 1e3:.1f} ms, optimize {self.optimize * 1e3:.1f} ms, key plan {self.keys * 1e3:.1f} ms, "
@@ -102,6 +103,7 @@ class CompiledPlan:
         ctx = LocalContext()
         LocalExecutor().execute(frontier, ctx)
         self.timings.invariants = time.perf_counter() - start
+        self.timings.invariant_nodes = sum(1 for n in ctx.memo if not isinstance(n, Scan))
 
         # the key plan: keys and index arrays of every node that reads an argument
         start = time.perf_counter()

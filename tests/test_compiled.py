@@ -96,7 +96,7 @@ def test_a_loop_invariant_subplan_is_computed_once():
     same(want, value)
     for a, b in zip(wgrads, grads):
         same(a, b)
-    assert step.timings.invariant_nodes >= 2  # A·X (join and sum), computed before the first step
+    assert step.timings.invariant_nodes >= 1  # A·X (a sparse product), computed before the first step
 
 
 def test_the_gcn_trains_the_same_compiled_and_interpreted():

@@ -229,7 +229,7 @@ def _backward_spmm(P, by: str):
     return dict(edge=E, dense=C.right, rows=X, row_key=joined, col_key=free)
 
 
-def sparse_products(outputs: Sequence[Node]) -> dict[Node, Node]:
+def sparse_products(outputs: Sequence[Node], edge_ok: Callable[[Node], bool] | None = None) -> dict[Node, Node]:
     """A sum by one key of a join of edges E(r, c) -> scalar weight with node values X(c), whose
     kernel is the weight times the value, is the sparse product Y = M X: SpMM, with M's CSR built
     once per edge table (``workbench.sparse``). The RJP of that sum for X (the pairs of E and X
@@ -256,7 +256,7 @@ def sparse_products(outputs: Sequence[Node]) -> dict[Node, Node]:
             continue
         spec = (_forward_spmm(J, by[0]) if isinstance(J, Join) else
                 _backward_spmm(J, by[0]) if isinstance(J, PairJoin) else None)
-        if spec is not None:
+        if spec is not None and (edge_ok is None or edge_ok(spec["edge"])):
             replaces = (J,) if isinstance(J, Join) else (J, J.cotangent)
             new[node] = SpMM(rebuilt.schema, out_key=by[0], replaces=replaces, label=node.label,
                              origin=node.origin, **spec)

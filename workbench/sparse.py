@@ -130,52 +130,46 @@ def csr(edge: Table, row_key: str, col_key: str, shape: tuple[int, int], dtype: 
     return cache[key]
 
 
-@functools.partial(jax.jit, static_argnames=("shape",))
-def _matmul(data, indices, indptr, x, shape):
-    return jsparse.BCSR((data, indices, indptr), shape=shape) @ x
-
-
-@functools.partial(jax.jit, static_argnames=("shape",))
-def _matmul_rows(data, indices, indptr, x, rows, shape):
-    return (jsparse.BCSR((data, indices, indptr), shape=shape) @ x)[rows]
-
-
-@jax.jit
-def _gather(x, at):
-    """Row ``at[i]`` of ``x`` for each i, zeros where ``at[i]`` is out of range."""
-    return jnp.take(x, at, axis=0, mode="fill", fill_value=0)
-
-
 def _is_range(ids: np.ndarray, n: int) -> bool:
     return len(ids) == n and bool(np.array_equal(ids, np.arange(n)))
 
 
-def spmm(edge: Table, row_key: str, col_key: str, shape: tuple[int, int], dense: Table,
-         out_key: str, rows: Table | None = None, count: bool = False):
-    """The relation Y(out_key = r) = sum_c M[r, c] X(c), M = ``csr(edge, row_key, col_key)``, X =
-    ``dense`` (one key). Only rows with an edge to a key of X (and a key of ``rows``) appear.
-    With ``count``, returns (table, the number of edges matched: the logical join's rows)."""
-    dtype = dense.values.dtype.name
-    value_shape = dense.values.shape[1:]
+@dataclass
+class Product:
+    """The key side of Y = M X, worked out once: the matrix (its non-empty rows, as BCSR arrays),
+    which row of X each column reads (``x_at``; out of range: a zero row; None: row c of X), and
+    which rows of M X are the output (``keep``; None: every non-empty row), with their keys."""
+
+    data: jax.Array
+    indices: jax.Array
+    indptr: jax.Array
+    shape: tuple[int, int]  # (non-empty rows, columns)
+    x_at: np.ndarray | None
+    keep: np.ndarray | None
+    out_keys: pl.DataFrame
+    value_shape: tuple[int, ...]
+    matched: int  # edges that meet a key of X (the logical join's tuples)
+
+
+def product(edge: Table, row_key: str, col_key: str, shape: tuple[int, int], dense: Table,
+            out_key: str, rows: Table | None = None, value_shape=None) -> Product:
+    """The key side of ``spmm``: everything but the values of ``dense`` (whose value shape is
+    ``value_shape``, by default read off its values)."""
+    dtype = np.dtype(edge.values.dtype).name
+    value_shape = tuple(dense.values.shape[1:]) if value_shape is None else tuple(value_shape)
     M = csr(edge, row_key, col_key, shape, dtype)
     n_rows, n_cols = M.shape  # the keys present in the edge table, not the extents
     ids = dense.keys[dense.keys.columns[0]].to_numpy()
-    flat = dense.values.reshape(dense.height, int(np.prod(value_shape, dtype=np.int64)))
+    x_at = None  # row c of X is X(c)
     present = None  # bool per column: a key of X
-    if M.col_ids is None and len(ids) >= n_cols and _is_range(ids, len(ids)):
-        x = flat  # X(c) is row c of X; its rows past the last column are never read
-    else:  # line X up with the columns: row c of x is X(key of column c), zeros if X lacks it
+    if not (M.col_ids is None and len(ids) >= n_cols and _is_range(ids, len(ids))):
         which, pos = _find(ids, M.col_ids, n_cols)
         at = np.full(n_cols, len(ids), np.int64)  # len(ids): out of range, a row of zeros
         at[pos] = which
         if len(which) < n_cols:
             present = at < len(ids)
-        if len(which) == n_cols and _is_range(at, n_cols):
-            x = flat
-        elif not len(which):
-            x = jnp.zeros((n_cols, flat.shape[1]), flat.dtype)
-        else:
-            x = _gather(flat, jnp.asarray(at))
+        if not (len(which) == n_cols and _is_range(at, n_cols)):
+            x_at = at.astype(np.int32 if len(ids) < 2**31 else np.int64)
     if present is not None and not M.finite:
         # 0 * inf is nan: drop the edges into missing columns instead of multiplying by zero
         hit = present[M.matrix.indices]
@@ -192,19 +186,54 @@ def spmm(edge: Table, row_key: str, col_key: str, shape: tuple[int, int], dense:
             has = has & allowed
             hit = allowed[M.rows] if hit is None else hit & allowed[M.rows]
     out = np.flatnonzero(has)  # a subset of M.nonempty
-    compressed = (len(M.nonempty), x.shape[0])
-    if not len(out):
-        y = jnp.zeros((0, flat.shape[1]), flat.dtype)
-    elif len(out) == len(M.nonempty):
-        y = _matmul(M.data, M.indices, M.indptr, x, shape=compressed)
-    else:
-        at = jnp.asarray(np.searchsorted(M.nonempty, out).astype(np.int32))
-        y = _matmul_rows(M.data, M.indices, M.indptr, x, at, shape=compressed)
+    keep = None if len(out) == len(M.nonempty) else np.searchsorted(M.nonempty, out).astype(np.int32)
     out_ids = out.astype(np.int64) if M.row_ids is None else M.row_ids[out].astype(np.int64)
-    table = Table(pl.DataFrame({out_key: out_ids}), y.reshape((len(out), *value_shape)))
-    if count:
-        return table, int(M.matrix.nnz if hit is None else np.count_nonzero(hit))
-    return table
+    return Product(M.data, M.indices, M.indptr, (len(M.nonempty), n_cols), x_at, keep,
+                   pl.DataFrame({out_key: out_ids}), value_shape,
+                   int(M.matrix.nnz if hit is None else np.count_nonzero(hit)))
+
+
+def _product_values(data, indices, indptr, x, x_at, keep, shape, n_out: int, value_shape):
+    """Y = M X on arrays: X lined up with M's columns by ``x_at`` (zeros out of range), the
+    product over M's non-empty rows, the rows ``keep`` of it."""
+    if not n_out:
+        return jnp.zeros((0, *value_shape), x.dtype)
+    flat = x.reshape(x.shape[0], int(np.prod(value_shape, dtype=np.int64)))
+    if x_at is not None:
+        flat = jnp.take(flat, x_at, axis=0, mode="fill", fill_value=0)
+    elif flat.shape[0] > shape[1]:  # X's rows past the last column are never read
+        flat = flat[: shape[1]]
+    y = jsparse.BCSR((data, indices, indptr), shape=(shape[0], flat.shape[0])) @ flat
+    if keep is not None:
+        y = y[keep]
+    return y.reshape((n_out, *value_shape))
+
+
+_product_values_jit = jax.jit(_product_values, static_argnames=("shape", "n_out", "value_shape"))
+
+
+def apply_product(p: Product, x: jax.Array, data=None, indices=None, indptr=None, x_at=None,
+                  keep=None) -> jax.Array:
+    """The values of Y = M X, traceable: any array of ``p`` may be passed in instead (e.g. as
+    an argument of a compiled program, so it is not baked in as a constant)."""
+    return _product_values(p.data if data is None else data, p.indices if indices is None else indices,
+                           p.indptr if indptr is None else indptr, x,
+                           p.x_at if x_at is None else x_at, p.keep if keep is None else keep,
+                           p.shape, p.out_keys.height, p.value_shape)
+
+
+def spmm(edge: Table, row_key: str, col_key: str, shape: tuple[int, int], dense: Table,
+         out_key: str, rows: Table | None = None, count: bool = False):
+    """The relation Y(out_key = r) = sum_c M[r, c] X(c), M = ``csr(edge, row_key, col_key)``, X =
+    ``dense`` (one key). Only rows with an edge to a key of X (and a key of ``rows``) appear.
+    With ``count``, returns (table, the number of edges matched: the logical join's rows)."""
+    p = product(edge, row_key, col_key, shape, dense, out_key, rows)
+    x_at = None if p.x_at is None else jnp.asarray(p.x_at)
+    keep = None if p.keep is None else jnp.asarray(p.keep)
+    values = _product_values_jit(p.data, p.indices, p.indptr, dense.values, x_at, keep,
+                                 shape=p.shape, n_out=p.out_keys.height, value_shape=p.value_shape)
+    table = Table(p.out_keys, values)
+    return (table, p.matched) if count else table
 
 
 def cached(edge: Table) -> dict:

@@ -16,6 +16,7 @@ reference: both run the same physical nodes, and the random-program grid compare
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -25,17 +26,18 @@ import jax.numpy as jnp
 import numpy as np
 import polars as pl
 
-from workbench import passes
+from workbench import passes, sparse
 from workbench.execute.local import LocalContext, LocalExecutor, group_ids, join_rows, select_rows
-from workbench.physical import JoinAggregate, PairJoin
+from workbench.physical import JoinAggregate, PairJoin, SpMM
 from workbench.plan import Add, Aggregate, Join, Node, Scan, Select, toposort
 from workbench.table import Table
 
 # The compiled value plan runs joins as gathers and sums as segment sums inside one XLA program;
-# the join RJP never builds its packed pairs (PairJoin), and a join's kernel runs inside the sum
-# that reads it (JoinAggregate).
+# the join RJP never builds its packed pairs (PairJoin), a join's kernel runs inside the sum that
+# reads it (JoinAggregate), and a sum of edge weights times node values is a sparse matrix
+# product (SpMM) when the edges are fixed for the plan (they read no argument).
 RULES = (passes.drop_identity_selects, passes.common_subexpressions, passes.fuse_pair_joins,
-         passes.fuse_join_aggregates)
+         passes.fuse_join_aggregates, passes.sparse_products)
 
 # How a kernel argument reaches the kernel: every row in order, a gather of rows, or one row
 # shared by every tuple (a one-tuple weight: vmapped with in_axes=None, so XLA runs v @ W over
@@ -86,6 +88,13 @@ class CompiledPlan:
                  align: Sequence[Table | None] | None = None, rules=RULES):
         self.timings = Timings()
         start = time.perf_counter()
+        arguments_set = set(arguments)
+
+        def fixed(node: Node) -> bool:  # reads no argument: its values are known when planning
+            return not any(n in arguments_set for n in toposort([node]))
+
+        rules = tuple(functools.partial(r, edge_ok=fixed) if r is passes.sparse_products else r
+                      for r in rules)
         physical, _ = passes.optimize(list(outputs), rules)
         self.timings.optimize = time.perf_counter() - start
         position = {node: i for i, node in enumerate(arguments)}
@@ -185,6 +194,20 @@ class CompiledPlan:
             ids, out, g = (group_ids(keys, node.schema.keys, node.schema.extents) if first.keys.width
                            else (np.zeros(height, np.int64), pl.DataFrame(), 1))
             return out, g, self._sum_step(lambda values, index: jnp.concatenate(values), ids, g, None)
+        if isinstance(node, SpMM):
+            rows = inputs[2] if node.rows is not None else None
+            p = sparse.product(inputs[0], node.row_key, node.col_key, node.shape, inputs[1],
+                               node.out_key, rows, value_shape=node.schema.value_shape)
+            slots = {}
+            for name in ("data", "indices", "indptr", "x_at", "keep"):
+                array = getattr(p, name)
+                if array is not None:
+                    self.index.append(array)
+                    slots[name] = len(self.index) - 1
+
+            def product_step(values, index):
+                return sparse.apply_product(p, values[1], **{k: index[i] for k, i in slots.items()})
+            return p.out_keys, p.out_keys.height, product_step
         raise NotImplementedError(f"the compiled executor has no implementation for "
                                   f"{type(node).__name__}; it runs plans rewritten by "
                                   f"workbench.execute.compiled.RULES")

@@ -1,0 +1,121 @@
+"""A two-layer GCN training step (forward and backward through softmax cross-entropy over every
+node, gradients of W1 and W2), float32, workbench against the best hand-written JAX programs, in
+one process.
+
+    .venv/bin/python bench/gcn_step.py                   # the three sizes below, 20 timed steps
+    .venv/bin/python bench/gcn_step.py --sizes cora --repeat 50
+
+workbench       ``wb.jit(wb.value_and_grad(loss, argnums=(1, 2)))``: the relational program
+                (``gcn.loss_program``), its RJP backward plan, the key plan run once and the
+                values as one XLA program; the interpreter (``wb.value_and_grad`` alone) beside it
+JAX segment_sum ``jax.jit(jax.value_and_grad(gcn.dense_loss))``: gathers and ``segment_sum``
+JAX BCSR        the same loss with Â as a ``jax.experimental.sparse.BCSR`` matrix under ``jit``
+
+Each side is compiled first (its first call is reported), then timed ``--repeat`` steps (median,
+blocking on the result). The ratio is workbench over the faster JAX program. Graphs are
+SYNTHETIC stochastic block models of the stated sizes (``workbench.datasets.graphs``).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+from jax.experimental import sparse as jsparse
+
+import workbench as wb
+from workbench.datasets import graphs
+from workbench.models import gcn
+
+SIZES = {  # nodes, undirected edges, features, hidden, classes
+    "cora": (2708, 5278, 1433, 16, 7),
+    "pubmed": (19717, 44324, 500, 16, 3),
+    "sbm-50k": (50000, 250000, 64, 128, 10),
+}
+
+
+def timed(fn, repeat: int):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return first, statistics.median(times)
+
+
+def workbench_step(graph, hidden: int, compiled: bool):
+    rels = graphs.to_relations(graph, dtype="float32")
+    W1, W2 = gcn.init_params(graph.n_features, hidden, graph.n_classes, seed=0, dtype="float32")
+    vg = wb.value_and_grad(gcn.loss_program(rels, targets=rels.label), argnums=(1, 2))  # every node
+    step = wb.jit(vg) if compiled else vg
+
+    def run():
+        loss, (g1, g2) = step(rels.node, W1, W2)
+        return loss.table().values, g1.table().values, g2.table().values
+    return run, step
+
+
+def jax_steps(graph, hidden: int):
+    W1, W2 = gcn.init_params(graph.n_features, hidden, graph.n_classes, seed=0, dtype="float32")
+    w1, w2 = W1.table().values[0], W2.table().values[0]
+    x = jnp.asarray(graph.features, jnp.float32)
+    src, dst, w = graphs.normalized_edges(graph)
+    y = jnp.asarray(np.eye(graph.n_classes)[graph.labels], jnp.float32)
+    n = graph.n_nodes
+    g = gcn.DenseGraph(jnp.asarray(src, jnp.int32), jnp.asarray(dst, jnp.int32), jnp.asarray(w, jnp.float32),
+                       y, jnp.asarray(n, jnp.float32))
+    seg = jax.jit(jax.value_and_grad(gcn.dense_loss, argnums=(1, 2)))
+    A = jsparse.BCSR.from_scipy_sparse(sp.csr_matrix((w.astype(np.float32), (dst, src)), shape=(n, n)))
+
+    def bcsr_loss(x, w1, w2, A):
+        z = A @ (jax.nn.relu(A @ (x @ w1)) @ w2)
+        return jnp.mean(-jnp.sum(y * jax.nn.log_softmax(z), axis=1))
+    bc = jax.jit(jax.value_and_grad(bcsr_loss, argnums=(1, 2)))
+    return (lambda: seg(x, w1, w2, g)), (lambda: bc(x, w1, w2, A))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--no-interpreter", action="store_true", help="skip the interpreter column")
+    args = ap.parse_args(argv)
+    print(f"GCN training step (forward + backward, loss over every node), float32, median of "
+          f"{args.repeat}; {jax.devices()[0].platform}, jax {jax.__version__}")
+    print(f"{'graph':<9} {'nodes':>6} {'edges':>7} {'feat':>5} {'hid':>4} | {'wb jit':>8} {'interp':>8} "
+          f"{'segsum':>8} {'BCSR':>8} | {'wb/best':>7} {'interp/best':>11} | first call: wb (plan+XLA), segsum, BCSR")
+    for name in args.sizes:
+        n, m, d, h, c = SIZES[name]
+        graph = graphs.sbm(n, c, 2 * m / n, d, n_edges=m, seed=0, name=name)
+        wb_run, step = workbench_step(graph, h, compiled=True)
+        seg_run, bc_run = jax_steps(graph, h)
+        wb_first, wb_t = timed(wb_run, args.repeat)
+        seg_first, seg_t = timed(seg_run, args.repeat)
+        bc_first, bc_t = timed(bc_run, args.repeat)
+        interp_t = float("nan")
+        if not args.no_interpreter:
+            interp_run, _ = workbench_step(graph, h, compiled=False)
+            _, interp_t = timed(interp_run, max(3, args.repeat // 4))
+        loss, g1, g2 = wb_run()
+        (l_seg, (s1, s2)), (l_bc, _) = seg_run(), bc_run()
+        agree = (np.allclose(float(loss[0]), float(l_seg), rtol=1e-4)
+                 and np.allclose(g1[0], s1, rtol=1e-3, atol=1e-3 * float(jnp.abs(s1).max()))
+                 and np.allclose(g2[0], s2, rtol=1e-3, atol=1e-3 * float(jnp.abs(s2).max()))
+                 and np.allclose(float(l_bc), float(l_seg), rtol=1e-4))
+        best = min(seg_t, bc_t)
+        ms = lambda t: f"{t * 1e3:7.2f}ms"  # noqa: E731
+        print(f"{name:<9} {n:>6} {graph.n_edges + n:>7} {d:>5} {h:>4} | {ms(wb_t)} {ms(interp_t)} "
+              f"{ms(seg_t)} {ms(bc_t)} | {wb_t / best:>6.2f}x {interp_t / best:>10.2f}x | "
+              f"{wb_first:.2f}s, {seg_first:.2f}s, {bc_first:.2f}s  (agree: {agree})")
+        print(f"          workbench plan: {step.timings}")
+
+
+if __name__ == "__main__":
+    main()

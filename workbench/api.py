@@ -44,7 +44,8 @@ def trace(f: Callable, *rels: Relation, what: str = "trace") -> tuple[list[Relat
             raise TypeError(f"{what}: argument {i} is a {type(r).__name__}, not a workbench Relation")
     names = _arg_names(f, len(rels))
     leaves = [Relation(Scan(r.schema, r.table(), name=n)) for r, n in zip(rels, names)]
-    out = f(*leaves)
+    with relation.tracing([leaf.node for leaf in leaves]):
+        out = f(*leaves)
     if not isinstance(out, Relation):
         raise TypeError(f"{what}: the program returned {type(out).__name__}; it must return one "
                         f"workbench Relation (its loss or output).")

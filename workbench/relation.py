@@ -7,11 +7,14 @@ executor (``set_default_executor``; ``workbench.api`` sets the local one), and k
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import math
 import os
 import sys
 import warnings
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from workbench.errors import RelationError
-from workbench.plan import Node, Scan, Schema
+from workbench.plan import Node, Scan, Schema, toposort
 from workbench.table import Table, make_table, spare_name
 
 VALUE = "value"  # the value column of to_frame(); no key may take this name
@@ -27,6 +30,21 @@ VALUE = "value"  # the value column of to_frame(); no key may take this name
 # The executor that runs a relation's plan when it is read (an object with
 # ``run(outputs) -> list[Table]``); workbench.api sets the local executor.
 _default_executor = None
+
+
+# The leaves of the program being traced (wb.vjp, wb.grad, wb.jit, ...), or None outside a trace.
+_TRACING: contextvars.ContextVar = contextvars.ContextVar("tracing", default=None)
+
+
+@contextlib.contextmanager
+def tracing(leaves) -> Iterator[None]:
+    """Inside the block, reading the data of a relation that depends on ``leaves`` is refused:
+    it would bake this call's values into the program (and cut the gradient there)."""
+    token = _TRACING.set(frozenset(leaves))
+    try:
+        yield
+    finally:
+        _TRACING.reset(token)
 
 
 def set_default_executor(executor) -> None:
@@ -181,6 +199,15 @@ class Relation:
     # ---- data ---------------------------------------------------------------------------
     def table(self) -> Table:
         """Run the relation's plan on the default executor (once) and return its table."""
+        leaves = _TRACING.get()
+        if leaves and self._table is None and any(n in leaves for n in toposort([self.node])) \
+                or leaves and self.node in leaves:
+            raise RelationError(
+                f"relation '{self.name}' is read (to_tensor, to_frame, table, values_like, ...) "
+                f"inside the program being traced, and it depends on the program's arguments: its "
+                f"values would be fixed at this call and the gradient cut there. Build the "
+                f"program from wb.select, wb.join and wb.aggregate only, and read results after "
+                f"the call.")
         if self._table is None:
             if isinstance(self.node, Scan):
                 self._table = self.node.table

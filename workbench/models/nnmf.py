@@ -27,7 +27,7 @@ from workbench import optim
 from workbench.datasets.matrices import SparseMatrix, to_relation
 from workbench.ops import aggregate, join, select
 from workbench.relation import Relation, from_tensor
-from workbench.api import value_and_grad
+from workbench.api import jit, value_and_grad
 
 METHODS = ("projected", "multiplicative")
 ENTRY_KEYS = {"i": "left.i", "j": "left.j"}
@@ -211,12 +211,14 @@ def _scalar(R: Relation) -> float:
 
 def train(matrix: SparseMatrix, rank: int, method: str = "projected", steps: int = 100,
           lr: float = 0.02, seed: int = 0, test: SparseMatrix | None = None, l2: float = 0.0,
-          optimizer: str = "adam", eps: float = 1e-12, dtype: str | None = None) -> History:
+          optimizer: str = "adam", eps: float = 1e-12, dtype: str | None = None,
+          compiled: bool = True) -> History:
     """Factorize the observed entries of ``matrix`` as <w_i, h_j> with W, H >= 0.
 
     ``method='projected'``: Adam (or ``optimizer='sgd'``) with learning rate ``lr`` on the
     relational gradient, then max(., 0). ``method='multiplicative'``: Lee and Seung's updates,
-    W then H (``lr`` is not used). ``test``: held-out entries whose RMSE is recorded each step."""
+    W then H (``lr`` is not used). ``test``: held-out entries whose RMSE is recorded each step.
+    ``compiled``: every step is ``wb.jit`` of it (one XLA program); else the interpreter runs it."""
     if method not in METHODS:
         raise ValueError(f"train: method must be one of {METHODS}, got {method!r}")
     if optimizer not in ("adam", "sgd"):
@@ -229,19 +231,22 @@ def train(matrix: SparseMatrix, rank: int, method: str = "projected", steps: int
     W, H = init_factors(matrix.shape, rank, float(np.mean(matrix.values)), seed, Entry.dtype)
     f = objective(Entry, l2)
     hist = History(method, rank, test_rmse=[] if test is not None else None)
+    maybe_jit = jit if compiled else (lambda g: g)
+    train_sse = maybe_jit(lambda W, H: sse(Entry, W, H))
+    test_sse = maybe_jit(lambda W, H: sse(Test, W, H)) if Test is not None else None
 
     def record(value: float, W, H, seconds: float):
         hist.loss.append(value)
-        err = value if not l2 else _scalar(sse(Entry, W, H))
+        err = value if not l2 else _scalar(train_sse(W, H))
         hist.rmse.append(float(np.sqrt(err / matrix.nnz)))
         if Test is not None:
-            hist.test_rmse.append(float(np.sqrt(_scalar(sse(Test, W, H)) / test.nnz)))
+            hist.test_rmse.append(float(np.sqrt(_scalar(test_sse(W, H)) / test.nnz)))
         hist.seconds.append(seconds)
 
     if method == "projected":
         opt = optim.Adam(lr=lr) if optimizer == "adam" else optim.SGD(lr=lr)
         state = opt.init([W, H])
-        grad_fn = value_and_grad(f, argnums=(0, 1))
+        grad_fn = maybe_jit(value_and_grad(f, argnums=(0, 1)))
         start = time.perf_counter()
         for t in range(steps + 1):
             value, (gW, gH) = grad_fn(W, H)
@@ -252,9 +257,10 @@ def train(matrix: SparseMatrix, rank: int, method: str = "projected", steps: int
             (W, H), state = opt.update([W, H], [gW, gH], state)
             W, H = project(W), project(H)  # projected gradient: step, then max(., 0)
     else:
+        loss_fn = maybe_jit(f)
         start = time.perf_counter()
         for t in range(steps + 1):
-            record(_scalar(f(W, H)), W, H, time.perf_counter() - start if t else 0.0)
+            record(_scalar(loss_fn(W, H)), W, H, time.perf_counter() - start if t else 0.0)
             if t == steps:
                 break
             start = time.perf_counter()

@@ -4,6 +4,13 @@ one process.
 
     .venv/bin/python bench/gcn_step.py                   # the three sizes below, 20 timed steps
     .venv/bin/python bench/gcn_step.py --sizes cora --repeat 50
+    .venv/bin/python bench/gcn_step.py --sizes pubmed --labelled 60   # loss over 60 nodes
+
+``--labelled N``: the loss reads only N labelled nodes (the first N of a fixed random permutation),
+as in semi-supervised training. The workbench loss joins the logits with those N labels (its plan
+computes only the rows that reach them: the semi-join reduction of ``CompiledPlan``); the JAX
+programs compute every row, as a hand-written program does, and mask the loss (nll times a 0/1
+vector, divided by N).
 
 workbench       ``wb.jit(wb.value_and_grad(loss, argnums=(1, 2)))``: the relational program
                 (``gcn.loss_program``), its RJP backward plan, the key plan run once and the
@@ -24,6 +31,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import polars as pl
 import scipy.sparse as sp
 from jax.experimental import sparse as jsparse
 
@@ -50,10 +58,22 @@ def timed(fn, repeat: int):
     return first, statistics.median(times)
 
 
-def workbench_step(graph, hidden: int, compiled: bool):
+def labelled_nodes(graph, labelled: int | None) -> np.ndarray | None:
+    """The ids of the labelled nodes: the first ``labelled`` of a fixed random permutation (None:
+    every node)."""
+    if labelled is None:
+        return None
+    return np.sort(np.random.default_rng(0).permutation(graph.n_nodes)[:labelled])
+
+
+def workbench_step(graph, hidden: int, compiled: bool, labelled: np.ndarray | None = None):
     rels = graphs.to_relations(graph, dtype="float32")
     W1, W2 = gcn.init_params(graph.n_features, hidden, graph.n_classes, seed=0, dtype="float32")
-    vg = wb.value_and_grad(gcn.loss_program(rels, targets=rels.label), argnums=(1, 2))  # every node
+    targets = rels.label  # every node
+    if labelled is not None:  # Label(id) for the labelled ids only, stored
+        targets = wb.select(rels.label, pred=pl.col("id").is_in(labelled.tolist()))
+        targets = targets.with_values(targets.table().values, name="Label_train")
+    vg = wb.value_and_grad(gcn.loss_program(rels, targets=targets), argnums=(1, 2))
     step = wb.jit(vg) if compiled else vg
 
     def run():
@@ -62,21 +82,28 @@ def workbench_step(graph, hidden: int, compiled: bool):
     return run, step
 
 
-def jax_steps(graph, hidden: int):
+def jax_steps(graph, hidden: int, labelled: np.ndarray | None = None):
     W1, W2 = gcn.init_params(graph.n_features, hidden, graph.n_classes, seed=0, dtype="float32")
     w1, w2 = W1.table().values[0], W2.table().values[0]
     x = jnp.asarray(graph.features, jnp.float32)
     src, dst, w = graphs.normalized_edges(graph)
     y = jnp.asarray(np.eye(graph.n_classes)[graph.labels], jnp.float32)
     n = graph.n_nodes
+    mask = np.ones(n, np.float32)  # 1 for a labelled node
+    if labelled is not None:
+        mask = np.zeros(n, np.float32)
+        mask[labelled] = 1.0
+    count = float(mask.sum())
+    mask = jnp.asarray(mask)
+    # dense_loss: sum(-sum(y_train * log_softmax(z))) / n_train, y_train zero on unlabelled rows
     g = gcn.DenseGraph(jnp.asarray(src, jnp.int32), jnp.asarray(dst, jnp.int32), jnp.asarray(w, jnp.float32),
-                       y, jnp.asarray(n, jnp.float32))
+                       y * mask[:, None], jnp.asarray(count, jnp.float32))
     seg = jax.jit(jax.value_and_grad(gcn.dense_loss, argnums=(1, 2)))
     A = jsparse.BCSR.from_scipy_sparse(sp.csr_matrix((w.astype(np.float32), (dst, src)), shape=(n, n)))
 
     def bcsr_loss(x, w1, w2, A):
         z = A @ (jax.nn.relu(A @ (x @ w1)) @ w2)
-        return jnp.mean(-jnp.sum(y * jax.nn.log_softmax(z), axis=1))
+        return jnp.sum(mask * -jnp.sum(y * jax.nn.log_softmax(z), axis=1)) / count
     bc = jax.jit(jax.value_and_grad(bcsr_loss, argnums=(1, 2)))
     return (lambda: seg(x, w1, w2, g)), (lambda: bc(x, w1, w2, A))
 
@@ -86,22 +113,26 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--no-interpreter", action="store_true", help="skip the interpreter column")
+    ap.add_argument("--labelled", type=int, default=None, metavar="N",
+                    help="the loss reads N labelled nodes only (default: every node)")
     args = ap.parse_args(argv)
-    print(f"GCN training step (forward + backward, loss over every node), float32, median of "
+    over = "every node" if args.labelled is None else f"{args.labelled} labelled nodes"
+    print(f"GCN training step (forward + backward, loss over {over}), float32, median of "
           f"{args.repeat}; {jax.devices()[0].platform}, jax {jax.__version__}")
     print(f"{'graph':<9} {'nodes':>6} {'edges':>7} {'feat':>5} {'hid':>4} | {'wb jit':>8} {'interp':>8} "
           f"{'segsum':>8} {'BCSR':>8} | {'wb/best':>7} {'interp/best':>11} | first call: wb (plan+XLA), segsum, BCSR")
     for name in args.sizes:
         n, m, d, h, c = SIZES[name]
         graph = graphs.sbm(n, c, 2 * m / n, d, n_edges=m, seed=0, name=name)
-        wb_run, step = workbench_step(graph, h, compiled=True)
-        seg_run, bc_run = jax_steps(graph, h)
+        labelled = labelled_nodes(graph, args.labelled)
+        wb_run, step = workbench_step(graph, h, compiled=True, labelled=labelled)
+        seg_run, bc_run = jax_steps(graph, h, labelled)
         wb_first, wb_t = timed(wb_run, args.repeat)
         seg_first, seg_t = timed(seg_run, args.repeat)
         bc_first, bc_t = timed(bc_run, args.repeat)
         interp_t = float("nan")
         if not args.no_interpreter:
-            interp_run, _ = workbench_step(graph, h, compiled=False)
+            interp_run, _ = workbench_step(graph, h, compiled=False, labelled=labelled)
             _, interp_t = timed(interp_run, max(3, args.repeat // 4))
         loss, g1, g2 = wb_run()
         (l_seg, (s1, s2)), (l_bc, _) = seg_run(), bc_run()

@@ -11,6 +11,14 @@ arguments (parameters, masks) do. ``CompiledPlan`` splits a plan in two:
 - the *value plan*: a pure function of the arguments' value arrays and those index arrays
   (gathers, ``vmap``-ed kernels, segment sums), traced into one ``jax.jit`` program.
 
+Between the two, a *semi-join reduction* (demand-driven pruning): when the outputs read only some
+tuples of an intermediate (a loss joined with the labels of a few training nodes reads a few rows
+of the logits, which read their neighbours' rows of the layer below, ...), only the rows that can
+reach an output are computed. A demand pass walks the value steps from the outputs back, taking
+each step's needed rows to the needed rows of its inputs through its index arrays; a restriction
+pass then renumbers every intermediate to its needed rows and rewrites the index arrays. Outputs,
+arguments and constants stay whole; a plan whose every row is needed is left as it is.
+
 A call then costs one XLA dispatch. The interpreter (``workbench.execute.local``) stays the
 reference: both run the same physical nodes, and the random-program grid compares them.
 """
@@ -18,8 +26,8 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,19 +56,24 @@ ALL, GATHER, SHARED = "all", "gather", "shared"
 @dataclass
 class Timings:
     """Where a compiled plan's time went: built once (optimize, key plan, invariant subplans,
-    XLA compile on the first call), then per call."""
+    demand pruning, XLA compile on the first call), then per call. ``rows_full``: the rows of
+    every value step as planned; ``rows_computed``: those left after demand pruning."""
 
     trace: float = 0.0
     optimize: float = 0.0
     keys: float = 0.0
     invariants: float = 0.0
+    prune: float = 0.0
     compile: float = 0.0
     invariant_nodes: int = 0  # nodes computed once, before the first call
+    rows_full: int = 0  # rows of the value steps before pruning
+    rows_computed: int = 0  # rows of the value steps after pruning
 
     def __str__(self) -> str:
         return (f"trace and derive {self.trace * 1e3:.1f} ms, optimize {self.optimize * 1e3:.1f} ms, key plan {self.keys * 1e3:.1f} ms, "
-                f"invariant subplans {self.invariants * 1e3:.1f} ms, XLA compile "
-                f"{self.compile * 1e3:.1f} ms")
+                f"invariant subplans {self.invariants * 1e3:.1f} ms, pruning {self.prune * 1e3:.1f} ms, "
+                f"XLA compile {self.compile * 1e3:.1f} ms; rows computed {self.rows_computed} of "
+                f"{self.rows_full}")
 
 
 def _key_table(keys: pl.DataFrame, height: int) -> Table:
@@ -78,14 +91,86 @@ def _index(rows: np.ndarray | None, n_in: int, n_out: int, slots: list) -> tuple
     return GATHER, len(slots) - 1
 
 
+# ---- value steps, as data: what the demand and restriction passes read and rewrite -------------
+
+@dataclass
+class _Map:
+    """One value per tuple: ``kernel`` of the input rows each tuple reads (``reads[i]``: None,
+    tuple t reads row t; an array, row ``reads[i][t]``); no kernel: the rows of input 0.
+    ``node`` gives the schemas (a Select, Join or PairJoin)."""
+
+    node: Node
+    kernel: Any
+    reads: list
+    n: int
+
+    def read(self, i: int) -> bool:  # does the step read input i's values?
+        return i == 0 if self.kernel is None else bool(self.kernel.uses[i])
+
+
+@dataclass
+class _Sum:
+    """The segment sum, by ``ids`` into ``g`` groups (None: all into one; ids >= g are dropped),
+    of ``source``'s tuples: a ``_Map`` (a JoinAggregate), or None: the inputs' rows one after
+    another (an Aggregate, a keyed Add). A mean divides by ``counts``."""
+
+    source: _Map | None
+    ids: np.ndarray | None
+    g: int
+    counts: np.ndarray | None
+
+
+@dataclass
+class _AlignedAdd:
+    """The sum of inputs lined up row by row (``reads`` as in ``_Map``)."""
+
+    reads: list
+    n: int
+
+
+@dataclass
+class _Product:
+    """Y = M X of a sparse product's key side ``p`` (input 1 is X; the others give keys only)."""
+
+    p: sparse.Product
+
+
+@dataclass
+class _Empty:
+    """No row of the node is needed: an array of no rows."""
+
+    shape: tuple
+    dtype: Any
+
+
+def _product_rows(p: sparse.Product, out_rows: np.ndarray):
+    """The stored entries of the product's output rows ``out_rows``: (their positions in the BCSR
+    arrays, in row order; the indptr over those rows)."""
+    indptr = np.asarray(p.indptr).astype(np.int64)
+    rows = out_rows if p.keep is None else np.asarray(p.keep)[out_rows]  # rows of the BCSR
+    starts, counts = indptr[rows], indptr[rows + 1] - indptr[rows]
+    new_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    entries = np.repeat(starts - new_indptr[:-1], counts) + np.arange(new_indptr[-1])
+    return entries, new_indptr
+
+
+def _product_columns(p: sparse.Product, n_dense: int, entries) -> np.ndarray:
+    """The dense rows the stored ``entries`` read (those of X present: a missing column reads
+    a zero row)."""
+    cols = np.asarray(p.indices)[entries]
+    at = cols if p.x_at is None else np.asarray(p.x_at)[cols]
+    return at[at < n_dense]
+
+
 class CompiledPlan:
     """``outputs`` (plan nodes) as one compiled function of the values of ``arguments`` (Scan
     nodes among their inputs). ``align[i]``, when given, is a Table whose row order output i is
     returned in (its keys are that table's key frame; rows it lacks are zeros): a gradient lined
-    up with its parameter."""
+    up with its parameter. ``prune=False`` computes every row of every intermediate (no
+    semi-join reduction)."""
 
     def __init__(self, outputs: Sequence[Node], arguments: Sequence[Scan],
-                 align: Sequence[Table | None] | None = None, rules=RULES):
+                 align: Sequence[Table | None] | None = None, rules=RULES, prune: bool = True):
         self.timings = Timings()
         start = time.perf_counter()
         arguments_set = set(arguments)
@@ -126,14 +211,14 @@ class CompiledPlan:
                 tables[node] = _key_table(node.table.keys, node.table.height)
                 slot_of[node] = ("arg", i)
         self.index: list[np.ndarray] = []
-        self.steps: list[tuple[Node, Callable]] = []
+        specs: list[tuple[Node, Any]] = []
         keys_ctx = LocalContext()
         for node in order:
             if node not in dynamic or node in position:
                 continue
-            out_keys, height, step = self._plan_node(node, [tables[i] for i in node.inputs], keys_ctx)
+            out_keys, height, spec = self._plan_node(node, [tables[i] for i in node.inputs], keys_ctx)
             tables[node] = _key_table(out_keys, height)
-            self.steps.append((node, step))
+            specs.append((node, spec))
         self.outputs = physical
         self.out_keys = [tables[o].keys for o in physical]
         self.aligned = [None] * len(physical)
@@ -142,6 +227,17 @@ class CompiledPlan:
                 self.aligned[i] = self._alignment(tables[physical[i]], target)
                 self.out_keys[i] = target.keys
         self.timings.keys = time.perf_counter() - start
+
+        # semi-join reduction: only the rows that reach an output
+        start = time.perf_counter()
+        heights = {n: t.height for n, t in tables.items()}
+        specs = self._prune(specs, heights, physical, enabled=prune)
+        self.heights = heights  # node -> the rows computed (or passed in) for it
+        self.timings.prune = time.perf_counter() - start
+        start = time.perf_counter()
+        self.steps: list[tuple[Node, Callable]] = [(node, self._build(node, spec, heights))
+                                                   for node, spec in specs]
+        self.timings.keys += time.perf_counter() - start
         self.slot_of = slot_of
         self.dtypes = [o.schema for o in physical]
         self._fn = jax.jit(self._values)
@@ -149,25 +245,21 @@ class CompiledPlan:
 
     # ---- the key plan, one node at a time ------------------------------------------------------
     def _plan_node(self, node: Node, inputs: list[Table], ctx: LocalContext):
-        """Output keys and height of ``node``, and its value step: a function of the input value
-        arrays and the index arrays."""
+        """Output keys and height of ``node``, and its value step as data (``_Map``, ``_Sum``,
+        ``_AlignedAdd``, ``_Product``): its kernel and index arrays."""
         if isinstance(node, Select):
             out, rows = select_rows(node, inputs[0])
             n = inputs[0].height if rows is None else len(rows)
-            mode, slot = _index(rows, inputs[0].height, n, self.index)
-            return out, n, self._map_step(node, node.kernel, [(mode, slot)], n)
+            return out, n, _Map(node, node.kernel, [rows], n)
         if isinstance(node, (Join, PairJoin)):
             out, rows = join_rows(node, inputs, ctx)
             n = len(rows[0])
-            how = [_index(r, t.height, n, self.index) for r, t in zip(rows, inputs)]
-            return out, n, self._map_step(node, node.kernel, how, n)
+            return out, n, _Map(node, node.kernel, list(rows), n)
         if isinstance(node, JoinAggregate):
             keys, rows = join_rows(node.join, inputs, ctx)
-            n = len(rows[0])
-            how = [_index(r, t.height, n, self.index) for r, t in zip(rows, inputs)]
-            per_tuple = self._map_step(node.join, node.join.kernel, how, n)
+            per_tuple = _Map(node.join, node.join.kernel, list(rows), len(rows[0]))
             ids, out, g = group_ids(keys, node.by, node.schema.extents) if node.by else (None, pl.DataFrame(), 1)
-            return out, g, self._sum_step(per_tuple, ids, g, None)
+            return out, g, _Sum(per_tuple, ids, g, None)
         if isinstance(node, Aggregate):
             t = inputs[0]
             ids, out, g = group_ids(t.keys, node.by, node.schema.extents)
@@ -179,26 +271,196 @@ class CompiledPlan:
                     raise ValueError(f"aggregate mean over '{node.input.display_name}': the relation "
                                      f"is empty, so its mean is undefined")
                 counts = np.bincount(ids, minlength=g).astype(node.schema.dtype)
-            return out, g, self._sum_step(lambda values, index: values[0], ids if node.by else None, g, counts)
+            return out, g, _Sum(None, ids if node.by else None, g, counts)
         if isinstance(node, Add):
             first = inputs[0]
             if all(t.height == first.height and t.keys.equals(first.keys) for t in inputs[1:]):
-                def add_aligned(values, index):
-                    total = values[0]
-                    for v in values[1:]:
-                        total = total + v
-                    return total
-                return first.keys, first.height, add_aligned
+                return first.keys, first.height, _AlignedAdd([None] * len(inputs), first.height)
             keys = pl.concat([t.keys for t in inputs]) if first.keys.width else pl.DataFrame()
             height = sum(t.height for t in inputs)
             ids, out, g = (group_ids(keys, node.schema.keys, node.schema.extents) if first.keys.width
                            else (np.zeros(height, np.int64), pl.DataFrame(), 1))
-            return out, g, self._sum_step(lambda values, index: jnp.concatenate(values), ids, g, None)
+            return out, g, _Sum(None, ids, g, None)
         if isinstance(node, SpMM):
             rows = inputs[2] if node.rows is not None else None
             p = sparse.product(inputs[0], node.row_key, node.col_key, node.shape, inputs[1],
                                node.out_key, rows, value_shape=node.schema.value_shape)
-            slots = {}
+            return p.out_keys, p.out_keys.height, _Product(p)
+        raise NotImplementedError(f"the compiled executor has no implementation for "
+                                  f"{type(node).__name__}; it runs plans rewritten by "
+                                  f"workbench.execute.compiled.RULES")
+
+    # ---- semi-join reduction -------------------------------------------------------------------
+    def _prune(self, specs, heights: dict, outputs, enabled: bool = True):
+        """Restrict every value step to the rows an output can read, in their order (an output
+        needs all its rows). Updates ``heights`` and the Timings' row counts; returns the new
+        steps (the same list when every row is needed)."""
+        need = {node: np.zeros(heights[node], bool) for node, _ in specs}
+        for o in outputs:
+            if o in need:
+                need[o][:] = True
+        # a sparse product computes every non-empty row of its matrix, then keeps some (the
+        # backward A^T G keeps the rows the forward matched): restricted, it computes those only
+        self.timings.rows_full = sum(spec.p.shape[0] if isinstance(spec, _Product) else len(need[node])
+                                     for node, spec in specs)
+        self.timings.rows_computed = self.timings.rows_full
+        if not enabled:
+            return specs
+        for node, spec in reversed(specs):  # the consumers of a node come after it
+            m = need[node]
+            if m.any():
+                for i, rows in self._demand(node, spec, m, heights):
+                    if node.inputs[i] in need:
+                        need[node.inputs[i]][rows] = True
+        self.timings.rows_computed = sum(int(np.count_nonzero(m)) for m in need.values())
+        if self.timings.rows_computed == self.timings.rows_full:  # nothing to prune
+            return specs
+        sel = {node: np.flatnonzero(m) for node, m in need.items() if not m.all()}
+        pos = {}  # pruned node -> position of each of its rows among the kept ones (-1: dropped)
+        for node, s in sel.items():
+            pos[node] = np.full(heights[node], -1, np.int64)
+            pos[node][s] = np.arange(len(s))
+        restricted = [(node, self._restrict(node, spec, sel, pos, heights)) for node, spec in specs]
+        for node, s in sel.items():
+            heights[node] = len(s)
+        return restricted
+
+    @staticmethod
+    def _demand(node: Node, spec, m: np.ndarray, heights: dict):
+        """(input i, its rows that the rows ``m`` (a mask) of ``node`` read), for each input."""
+        def through_map(mp: _Map, t):
+            for i, r in enumerate(mp.reads):
+                if mp.read(i):
+                    yield i, (t if r is None else r[t])
+
+        if isinstance(spec, _Map):
+            yield from through_map(spec, m)
+        elif isinstance(spec, _AlignedAdd):  # the same rows of every term
+            yield from ((i, m) for i in range(len(node.inputs)))
+        elif isinstance(spec, _Sum):
+            t = slice(None) if spec.ids is None else m[spec.ids]  # the tuples of needed groups
+            if spec.source is not None:
+                yield from through_map(spec.source, t)
+            else:  # the inputs one after another
+                offset = 0
+                for i, inp in enumerate(node.inputs):
+                    h = heights[inp]
+                    yield i, (t if spec.ids is None else t[offset:offset + h])
+                    offset += h
+        elif isinstance(spec, _Product):  # the dense rows the needed rows' entries read
+            p = spec.p
+            entries = (slice(None) if p.keep is None and m.all()  # every stored entry
+                       else _product_rows(p, np.flatnonzero(m))[0])
+            yield 1, _product_columns(p, heights[node.inputs[1]], entries)
+
+    @staticmethod
+    def _restrict(node: Node, spec, sel: dict, pos: dict, heights: dict):
+        """``spec`` computing the rows ``sel[node]`` of ``node`` (all when it is not pruned) from
+        its inputs' kept rows (``pos``: the new position of each old row)."""
+        s = sel.get(node)
+        if s is not None and not len(s):
+            return _Empty((0, *node.schema.value_shape), node.schema.dtype)
+
+        def remap(i: int, rows: np.ndarray) -> np.ndarray:
+            p = pos.get(node.inputs[i])
+            if p is None:
+                return rows
+            out = p[rows]
+            if len(out) and out.min() < 0:
+                raise AssertionError(f"semi-join reduction: a needed row of "
+                                     f"'{node.inputs[i].display_name}' was pruned")
+            return out
+
+        def restrict_map(mp: _Map, t: np.ndarray | None) -> _Map:
+            reads = []
+            for i, r in enumerate(mp.reads):
+                if not mp.read(i):
+                    reads.append(None)
+                elif t is None and node.inputs[i] not in pos:
+                    reads.append(r)
+                else:
+                    rows = np.arange(mp.n) if r is None else r
+                    reads.append(remap(i, rows if t is None else rows[t]))
+            return _Map(mp.node, mp.kernel, reads, mp.n if t is None else len(t))
+
+        if isinstance(spec, _Map):
+            return restrict_map(spec, s)
+        if isinstance(spec, _AlignedAdd):
+            rows = np.arange(spec.n) if s is None else s  # the terms are lined up with the output
+            reads = [None if s is None and inp not in pos else remap(i, rows)
+                     for i, inp in enumerate(node.inputs)]
+            return _AlignedAdd(reads, len(rows))
+        if isinstance(spec, _Sum):
+            g = spec.g if s is None else len(s)
+            group = None  # old group -> new group (g: dropped)
+            if s is not None:
+                group = np.full(spec.g + 1, g, np.int64)
+                group[s] = np.arange(g)
+            counts = spec.counts if s is None or spec.counts is None else spec.counts[s]
+            if spec.source is not None:
+                t = None if spec.ids is None or group is None else np.flatnonzero(group[spec.ids] < g)
+                ids = spec.ids if t is None else group[spec.ids[t]]
+                return _Sum(restrict_map(spec.source, t), ids, g, counts)
+            if spec.ids is None:  # one group: every row of the input is needed
+                return _Sum(None, None, g, counts)
+            parts, offset = [], 0
+            for inp in node.inputs:  # each input whole (its kept rows): unneeded groups dropped
+                h = heights[inp]
+                part = spec.ids[offset:offset + h]
+                offset += h
+                parts.append(part if inp not in pos else part[sel[inp]])
+            ids = np.concatenate(parts) if parts else spec.ids
+            return _Sum(None, ids if group is None else group[ids], g, counts)
+        if isinstance(spec, _Product):
+            p, dense = spec.p, node.inputs[1]
+            if s is None and dense not in pos and p.keep is None:
+                return spec
+            out_rows = np.arange(p.out_keys.height) if s is None else s
+            entries, indptr = _product_rows(p, out_rows)
+            used, local = np.unique(np.asarray(p.indices)[entries], return_inverse=True)
+            n_dense = heights[dense]
+            n_kept = len(sel[dense]) if dense in pos else n_dense
+            at = used if p.x_at is None else np.asarray(p.x_at)[used]
+            present = at < n_dense
+            x_at = np.full(len(used), n_kept, np.int64)  # n_kept: out of range, a zero row
+            x_at[present] = remap(1, at[present])
+            wide = np.int32 if indptr[-1] < 2**31 else np.int64
+            return _Product(replace(  # numpy arrays: they go to the device with the index arrays
+                p, data=np.asarray(p.data)[entries], indices=local.reshape(-1).astype(np.int32),
+                indptr=indptr.astype(wide), shape=(len(out_rows), len(used)),
+                x_at=x_at.astype(np.int32 if n_kept < 2**31 else np.int64), keep=None,
+                out_keys=p.out_keys.select(pl.all().gather(out_rows))))
+        return spec
+
+    # ---- value steps -----------------------------------------------------------------------------
+    def _build(self, node: Node, spec, heights: dict) -> Callable:
+        """``spec``'s value step: a function of the input value arrays and the index arrays
+        (its own index arrays are appended to ``self.index``)."""
+        n_in = [heights[i] for i in node.inputs]
+        if isinstance(spec, _Empty):
+            shape, dtype = spec.shape, spec.dtype
+            return lambda values, index: jnp.zeros(shape, dtype)
+        if isinstance(spec, _Map):
+            return self._map_step(spec, n_in)
+        if isinstance(spec, _Sum):
+            if spec.source is not None:
+                per_tuple = self._map_step(spec.source, n_in)
+            else:
+                def per_tuple(values, index):
+                    return values[0] if len(values) == 1 else jnp.concatenate(values)
+            return self._sum_step(per_tuple, spec.ids, spec.g, spec.counts)
+        if isinstance(spec, _AlignedAdd):
+            how = [_index(r, h, spec.n, self.index) for r, h in zip(spec.reads, n_in)]
+
+            def add_aligned(values, index):
+                terms = [v if mode != GATHER else v[index[slot]] for v, (mode, slot) in zip(values, how)]
+                total = terms[0]
+                for v in terms[1:]:
+                    total = total + v
+                return jnp.broadcast_to(total, (spec.n, *total.shape[1:]))
+            return add_aligned
+        if isinstance(spec, _Product):
+            p, slots = spec.p, {}
             for name in ("data", "indices", "indptr", "x_at", "keep"):
                 array = getattr(p, name)
                 if array is not None:
@@ -207,14 +469,15 @@ class CompiledPlan:
 
             def product_step(values, index):
                 return sparse.apply_product(p, values[1], **{k: index[i] for k, i in slots.items()})
-            return p.out_keys, p.out_keys.height, product_step
-        raise NotImplementedError(f"the compiled executor has no implementation for "
-                                  f"{type(node).__name__}; it runs plans rewritten by "
-                                  f"workbench.execute.compiled.RULES")
+            return product_step
+        raise TypeError(f"no value step for {type(spec).__name__}")
 
-    def _map_step(self, node: Node, kernel, how, n: int):
+    def _map_step(self, spec: _Map, n_in: list[int]):
         """A kernel over every output tuple (or a gather / the identity when there is none)."""
+        node, kernel, n = spec.node, spec.kernel, spec.n
         shape, dtype = node.schema.value_shape, node.schema.dtype
+        how = [_index(r, h, n, self.index) if spec.read(i) else (ALL, None)
+               for i, (r, h) in enumerate(zip(spec.reads, n_in))]
 
         def read(values, index, i):
             mode, slot = how[i]
@@ -245,11 +508,11 @@ class CompiledPlan:
 
     def _sum_step(self, per_tuple, ids, g: int, counts):
         """segment_sum of ``per_tuple``'s output by ``ids`` into ``g`` groups (all into one when
-        ``ids`` is None); a mean divides by ``counts``."""
+        ``ids`` is None; ids out of range are dropped); a mean divides by ``counts``."""
         slot = None
         sorted_ids = False
         if ids is not None:
-            self.index.append(np.asarray(ids, np.int32 if g < 2**31 else np.int64))
+            self.index.append(np.asarray(ids, np.int32 if g < 2**31 - 1 else np.int64))
             slot = len(self.index) - 1
             sorted_ids = bool(len(ids) < 2 or np.all(np.diff(ids) >= 0))
         mean = None if counts is None else np.maximum(counts, 1)

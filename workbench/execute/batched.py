@@ -47,10 +47,11 @@ _COMPILED = LRU(512)  # compiled functions per kernel fingerprint and argument m
 ROWS, GATHER, SHARED = "rows", "gather", "shared"
 
 
-def _vmapped(kernel: Kernel, modes: tuple[str, ...]):
-    """vmap(fn) over the used arguments; argument i arrives as (values, rows) when gathered, as
+def _vmapped(holder: list, kernel: Kernel, modes: tuple[str, ...]):
+    """vmap(fn) over the used arguments, fn read from ``holder`` when traced (see ``_cached``);
+    argument i arrives as (values, rows) when gathered, as
     values when shared (vmapped with in_axes=None) or per row."""
-    fn, uses = kernel.fn, kernel.uses
+    uses = kernel.uses
 
     def run(dummies, *arrays):
         it = iter(arrays)
@@ -65,20 +66,31 @@ def _vmapped(kernel: Kernel, modes: tuple[str, ...]):
             axes.append(None if modes[i] == SHARED else 0)
         def per_tuple(*used):
             u = iter(used)
-            return fn(*[next(u) if uses[i] else dummies[i] for i in range(kernel.arity)])
+            return holder[0](*[next(u) if uses[i] else dummies[i] for i in range(kernel.arity)])
         return jax.vmap(per_tuple, in_axes=tuple(axes))(*cols)
 
     return run
 
 
+def _cached(key, kernel: Kernel, make):
+    """The compiled function under ``key``, made by ``make(holder)``. jax.jit traces again for a
+    new argument shape: the holder then gives the kernel of the latest call, whose state the key
+    matches (an earlier kernel object with that key may have been mutated since)."""
+    entry = _COMPILED.get(key)
+    if entry is None:
+        holder = [kernel.fn]
+        _COMPILED.get_or_make(key, lambda: (holder, make(holder)))
+        entry = _COMPILED[key]
+    else:
+        _COMPILED.move_to_end(key)
+        entry[0][0] = kernel.fn
+    return entry[1]
+
+
 def _batched(kernel: Kernel, modes: tuple[str, ...]):
     """jit(vmap(fn)), cached per kernel and argument modes."""
     key = (kernel.key, kernel.arity, kernel.uses, modes)
-
-    def make():
-        return (kernel.fn, jax.jit(_vmapped(kernel, modes)))  # keep fn alive: id()-based keys stay unique
-
-    return _COMPILED.get_or_make(key, make)
+    return _cached(key, kernel, lambda holder: jax.jit(_vmapped(holder, kernel, modes)))
 
 
 def _batched_sum(kernel: Kernel, modes: tuple[str, ...]):
@@ -89,8 +101,8 @@ def _batched_sum(kernel: Kernel, modes: tuple[str, ...]):
     the sum of all outputs, unmasked (a mask on the outputs stops XLA fusing the reduction)."""
     key = (kernel.key, kernel.arity, kernel.uses, modes, "sum")
 
-    def make():
-        per_row = _vmapped(kernel, modes)
+    def make(holder):
+        per_row = _vmapped(holder, kernel, modes)
 
         def run(dummies, num_segments, ids, *arrays):
             out = per_row(dummies, *arrays)
@@ -101,9 +113,9 @@ def _batched_sum(kernel: Kernel, modes: tuple[str, ...]):
                 out = jnp.where(keep, out, jnp.zeros((), out.dtype))
             return jnp.sum(out, axis=0, keepdims=True)
 
-        return (kernel.fn, jax.jit(run, static_argnums=(1,)))
+        return jax.jit(run, static_argnums=(1,))
 
-    return _COMPILED.get_or_make(key, make)
+    return _cached(key, kernel, make)
 
 
 def _modes(args) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ import time
 from typing import Callable, Sequence
 
 from workbench import kernels, passes, relation, sparse
-from workbench.execute import batched
+from workbench.execute import batched, compiled
 from workbench.errors import PlanError
 from workbench.execute import Executor, LocalExecutor
 from workbench.execute.compiled import CompiledPlan
@@ -171,7 +171,7 @@ def plans(f: Callable, *rels: Relation, argnums: int | Sequence[int] = 0,
 def clear_caches() -> None:
     """Forget every compiled kernel, inferred shape, recognized rewrite and sparse matrix (for
     memory; results never depend on these caches, see the README on kernels)."""
-    for module in (kernels, batched, passes, sparse):
+    for module in (kernels, batched, compiled, passes, sparse):
         module.clear_cache()
 
 
@@ -188,7 +188,7 @@ class Compiled:
     compiled program: pass what changes from step to step as an argument. ``timings`` tells
     where the time of the last plan built went."""
 
-    def __init__(self, fn: Callable, max_plans: int = 8):
+    def __init__(self, fn: Callable, max_plans: int = 8, prune: bool = True):
         if isinstance(fn, Differentiated):
             if not isinstance(fn.executor, LocalExecutor):
                 raise TypeError(f"jit: compiles programs for one process; {type(fn.executor).__name__} "
@@ -199,7 +199,7 @@ class Compiled:
         else:
             raise TypeError(f"jit: expects a relational program or wb.value_and_grad / wb.grad of "
                             f"one, got {type(fn).__name__}")
-        self.max_plans = max_plans
+        self.max_plans, self.prune = max_plans, prune
         self._plans: dict = {}  # signature -> (key frames kept alive, plan, output nodes)
         self.timings = None
 
@@ -217,7 +217,7 @@ class Compiled:
             nodes += gradient_nodes(out.node, seed(out.node), [leaves[i].node for i in nums])
             align += [tables[i] for i in nums]
         traced = time.perf_counter() - start
-        plan = CompiledPlan(nodes, [leaf.node for leaf in leaves], align)
+        plan = CompiledPlan(nodes, [leaf.node for leaf in leaves], align, prune=self.prune)
         plan.timings.trace = traced
         return plan, nodes
 
@@ -244,7 +244,11 @@ class Compiled:
         return (rels_out[0], grads) if self.with_value else grads
 
 
-def jit(fn: Callable) -> Compiled:
+def jit(fn: Callable, prune: bool = True) -> Compiled:
     """Compile a relational program, or ``wb.value_and_grad`` / ``wb.grad`` of one, into one XLA
-    program per argument signature: ``step = wb.jit(wb.value_and_grad(loss, argnums=(1, 2)))``."""
-    return Compiled(fn)
+    program per argument signature: ``step = wb.jit(wb.value_and_grad(loss, argnums=(1, 2)))``.
+    ``prune``: compute only the rows of each intermediate that reach the outputs (semi-join
+    reduction). Its row counts depend on the data, so with arguments whose keys change every
+    call (fresh negative samples) ``prune=False`` keeps the program's shapes, and so its XLA
+    compile, the same from call to call."""
+    return Compiled(fn, prune=prune)

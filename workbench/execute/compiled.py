@@ -25,6 +25,7 @@ reference: both run the same physical nodes, and the random-program grid compare
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
@@ -35,6 +36,7 @@ import numpy as np
 import polars as pl
 
 from workbench import passes, sparse
+from workbench.kernels import LRU
 from workbench.execute.local import LocalContext, LocalExecutor, group_ids, join_rows, select_rows
 from workbench.physical import JoinAggregate, PairJoin, SpMM
 from workbench.plan import Add, Aggregate, Join, Node, Scan, Select, toposort
@@ -46,6 +48,15 @@ from workbench.table import Table
 # product (SpMM) when the edges are fixed for the plan (they read no argument).
 RULES = (passes.drop_identity_selects, passes.common_subexpressions, passes.fuse_pair_joins,
          passes.fuse_join_aggregates, passes.sparse_products)
+
+# Compiled XLA programs by (program text, kernel fingerprints): plans of one shape share one.
+_EXECUTABLES = LRU(64)
+
+
+def clear_cache() -> None:
+    """Forget the compiled programs (``workbench.clear_caches`` clears every cache)."""
+    _EXECUTABLES.clear()
+
 
 # How a kernel argument reaches the kernel: every row in order, a gather of rows, or one row
 # shared by every tuple (a one-tuple weight: vmapped with in_axes=None, so XLA runs v @ W over
@@ -242,6 +253,9 @@ class CompiledPlan:
         self.dtypes = [o.schema for o in physical]
         self._fn = jax.jit(self._values)
         self._compiled = None
+        self._kernel_nodes = [n for n in order if n in dynamic and getattr(n, "kernel", None) is not None
+                              and not isinstance(getattr(n, "kernel"), str)]
+        self._kernel_nodes += [n.join for n in order if isinstance(n, JoinAggregate) and n in dynamic]
 
     # ---- the key plan, one node at a time ------------------------------------------------------
     def _plan_node(self, node: Node, inputs: list[Table], ctx: LocalContext):
@@ -570,7 +584,13 @@ class CompiledPlan:
             self._fixed = (tuple(jnp.asarray(c) for c in self.constants),
                            tuple(jnp.asarray(i) for i in self.index))
             start = time.perf_counter()
-            self._compiled = self._fn.lower(tuple(jnp.asarray(a) for a in arguments), *self._fixed).compile()
+            lowered = self._fn.lower(tuple(jnp.asarray(a) for a in arguments), *self._fixed)
+            # a plan rebuilt for new keys of the same shapes (a new batch) lowers to the same
+            # program: its executable is reused. The kernels' fingerprints are part of the key, so
+            # state a kernel captures never hides behind the program text.
+            kernels = tuple(n.kernel.key for n in self._kernel_nodes)
+            key = (hashlib.sha256(lowered.as_text().encode()).digest(), kernels)
+            self._compiled = _EXECUTABLES.get_or_make(key, lambda: (None, lowered.compile()))
             self.timings.compile = time.perf_counter() - start
         values = self._compiled(tuple(arguments), *self._fixed)
         return [Table(k, v) for k, v in zip(self.out_keys, values)]

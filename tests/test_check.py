@@ -60,3 +60,18 @@ def test_non_scalar_output_uses_a_random_cotangent(rng):
 def test_report_renders_as_text_and_html(rng):
     report = check.program_report(programs.logistic_regression(rng))
     assert "grad Rt" in str(report) and "<table>" in report._repr_html_()
+
+
+def test_assert_relations_equal_ignores_row_order_and_catches_differences():
+    import polars as pl
+
+    from workbench.check import assert_relations_equal
+
+    def rel(ids, vals):
+        return wb.from_frame(pl.DataFrame({"i": ids, "v": vals}), keys=("i",), value="v", extents=(5,))
+
+    assert_relations_equal(rel([0, 1, 2], [1.0, 2.0, 3.0]), rel([2, 0, 1], [3.0, 1.0, 2.0]))
+    with pytest.raises(AssertionError, match="at key"):
+        assert_relations_equal(rel([0, 1, 2], [1.0, 2.0, 3.0]), rel([2, 0, 1], [3.0, 1.0, 2.5]))
+    with pytest.raises(AssertionError, match="only in the first"):
+        assert_relations_equal(rel([0, 1, 3], [1.0, 2.0, 3.0]), rel([0, 1, 2], [1.0, 2.0, 3.0]))

@@ -7,22 +7,12 @@ import polars as pl
 import pytest
 
 import workbench as wb
+from workbench.check import assert_relations_equal as same
 from workbench import programs
 from workbench.datasets import graphs
 from workbench.models import gcn
 
 jax.config.update("jax_enable_x64", True)
-
-
-def same(a: wb.Relation, b: wb.Relation, rtol=1e-9):
-    """Equal keys and values whatever the row order."""
-    assert a.keys == b.keys and a.value_shape == b.value_shape
-    fa, fb = a.to_frame(), b.to_frame()
-    if a.keys:
-        fa, fb = fa.sort(list(a.keys)), fb.sort(list(a.keys))
-        assert fa.select(a.keys).equals(fb.select(a.keys))
-    np.testing.assert_allclose(np.stack(fb["value"].to_numpy()), np.stack(fa["value"].to_numpy()),
-                               rtol=rtol, atol=1e-12)
 
 
 @pytest.mark.parametrize("index", range(len(programs.EXAMPLES)))

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 import workbench as wb
+from workbench.check import assert_relations_equal as assert_same
 from workbench import programs
 from workbench.datasets import graphs
 from workbench.models import gcn
@@ -24,17 +25,6 @@ def runner():
     with RayRunner(partitions=P, num_cpus=2) as r:
         yield r
     assert not ray.is_initialized()  # shut down: nothing left running
-
-
-def assert_same(a: wb.Relation, b: wb.Relation):
-    """Equal keys and values (rtol 1e-9), whatever the row order."""
-    assert set(a.keys) == set(b.keys) and a.value_shape == b.value_shape
-    fa, fb = a.to_frame(), b.to_frame().select(a.to_frame().columns)
-    if a.keys:
-        fa, fb = fa.sort(list(a.keys)), fb.sort(list(a.keys))
-        assert fa.select(a.keys).equals(fb.select(a.keys))
-    assert fa.height == fb.height
-    np.testing.assert_allclose(fb["value"].to_numpy(), fa["value"].to_numpy(), rtol=1e-9, atol=1e-12)
 
 
 def check_value_and_grad(runner, f, rels, argnums):

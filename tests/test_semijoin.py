@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 import workbench as wb
+from workbench.check import assert_relations_equal as same
 from workbench import programs
 from workbench.api import trace
 from workbench.datasets import graphs
@@ -17,19 +18,6 @@ from workbench.ops import add_node
 from workbench.rjp import gradient_nodes, seed
 
 jax.config.update("jax_enable_x64", True)
-
-
-def same(a: wb.Relation, b: wb.Relation, rtol=1e-9):
-    """Equal keys and values whatever the row order."""
-    assert a.keys == b.keys and a.value_shape == b.value_shape
-    fa, fb = a.to_frame(), b.to_frame()
-    if a.keys:
-        fa, fb = fa.sort(list(a.keys)), fb.sort(list(a.keys))
-        assert fa.select(a.keys).equals(fb.select(a.keys))
-    assert fa.height == fb.height
-    if fa.height:
-        np.testing.assert_allclose(np.stack(fb["value"].to_numpy()), np.stack(fa["value"].to_numpy()),
-                                   rtol=rtol, atol=1e-12)
 
 
 def check(f, rels, argnums):

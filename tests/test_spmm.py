@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 import workbench as wb
+from workbench.check import assert_relations_equal
 from workbench import passes, programs, rjp, sparse
 from workbench.datasets import graphs
 from workbench.execute import LocalExecutor
@@ -25,18 +26,9 @@ def _spmms(nodes):
     return [n for n in toposort(physical) if isinstance(n, SpMM)]
 
 
-def _as_dict(table):
-    if not table.keys.width:
-        return {(): np.asarray(table.values)[0]}
-    return dict(zip(table.keys.rows(), np.asarray(table.values)))
-
-
 def assert_same_relation(a, b):
-    """Equal as relations: the same keys, values within float64 rounding, row order ignored."""
-    ra, rb = _as_dict(a), _as_dict(b)
-    assert ra.keys() == rb.keys()
-    for k in ra:
-        np.testing.assert_allclose(ra[k], rb[k], rtol=1e-12, atol=1e-14)
+    """Equal as relations within float64 rounding, row order ignored."""
+    assert_relations_equal(a, b, rtol=1e-12, atol=1e-14)
 
 
 def _both(f, rels, argnums):

@@ -155,3 +155,30 @@ def program_report(program, rtol: float | None = None) -> Report:
     return against_jax(program.fn, program.twin, *program.rels, dense_args=program.dense,
                        layouts=program.layouts, argnums=program.argnums, rtol=rtol,
                        title=f"{program.name}: RJP vs jax.vjp")
+
+
+def _tuples(r) -> dict:
+    """A relation's (or an executor Table's) tuples: key tuple -> value array."""
+    table = r.table() if isinstance(r, Relation) else r
+    values = np.asarray(table.values)
+    if not table.keys.width:
+        return {(): values[0]} if len(values) else {}
+    return dict(zip(table.keys.rows(), values))
+
+
+def assert_relations_equal(got, want, rtol: float = 1e-9, atol: float = 1e-12) -> None:
+    """Raise AssertionError unless ``got`` and ``want`` (Relations or Tables) hold the same keys,
+    with values equal within ``rtol``/``atol``, whatever their row order."""
+    if isinstance(got, Relation) and isinstance(want, Relation):
+        assert set(got.keys) == set(want.keys), f"keys {got.keys} != {want.keys}"
+        assert got.value_shape == want.value_shape, f"value shape {got.value_shape} != {want.value_shape}"
+        order = list(want.keys)
+        g = dict(zip((tuple(r) for r in got.table().keys.select(order).rows()), np.asarray(got.table().values))) \
+            if order else _tuples(got)
+        w = _tuples(want)
+    else:
+        g, w = _tuples(got), _tuples(want)
+    assert g.keys() == w.keys(), (f"{len(g.keys() - w.keys())} tuple(s) only in the first, "
+                                  f"{len(w.keys() - g.keys())} only in the second")
+    for k in w:
+        np.testing.assert_allclose(g[k], w[k], rtol=rtol, atol=atol, err_msg=f"at key {k}")

@@ -52,7 +52,7 @@ print(nations.summary())
 # embeddings before training are the random baseline.
 
 # %%
-runs = {name: kge.train(nations, model=name, dim=32, epochs=60, lr=0.05, negatives=4, seed=0)
+runs = {name: kge.train(nations, model=name, dim=32, epochs=60, lr=0.05, negatives=4, seed=0, loss="pairs")
         for name in ("transe", "distmult")}
 
 print(f"{'epoch':>5}  {'TransE loss':>11}  {'DistMult loss':>13}  {'seconds':>8}")

@@ -6,6 +6,6 @@ def test_tour_runs_and_agrees(capsys):
     assert main(["tour"]) == 0
     out = capsys.readouterr().out
     for title in ("blocked matrix multiply", "transpose", "GCN layer", "RJP vs jax.vjp",
-                  "karate club", "Les Misérables", "TransE on nations", "DistMult on nations"):
+                  "karate club", "Les Misérables", "TransE (1-n) on nations", "DistMult (1-n) on nations"):
         assert title in out
     assert "MISMATCH" not in out and " NO" not in out

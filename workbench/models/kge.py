@@ -13,6 +13,15 @@ Positive and negative scores are paired by a join on (h, r, t), a per-pair loss 
 With k negatives per positive, the DistMult pair mean equals mean_pos softplus(-s) + mean_neg
 softplus(s). Entity feeds two joins (head and tail), so its gradient is the sum of both RJPs.
 
+1-N scoring (``one_n_loss_program``, the default of ``train``) follows the LCWA training of the
+references: inverse relations (``Rel`` has 2 x n_relations rows; (h, r, t) also gives the query
+(t, r + n_relations) with target h), and a batch of queries ``Query(q, h, r, t) -> w`` scored
+against every entity. The entities meet each query as one tuple, ``EntityMatrix() -> (n, dim)``
+(Entity joined with one-hot rows and summed), so the kernel sees a query's whole score vector
+and takes its max-shifted log-sum-exp; minus the target's score (a join on t), weighted and
+summed, it is the mean softmax cross-entropy. Entity's gradient sums its three roles (head,
+target, matrix row) by the RJP rules.
+
 Each loss has a dense JAX twin (gathers ``E[h]``, ``W[r]``, ``E[t]``). ``train`` runs the
 relational backward plan (``wb.value_and_grad``) with Adam; ``evaluate`` ranks every entity as a
 replacement head and tail of each test triple, leaving out the other known triples (filtered
@@ -170,6 +179,115 @@ def loss_twin(m: Model, triples: np.ndarray, corrupted: np.ndarray, margin: floa
     return loss
 
 
+# ---- 1-N scoring: every query against every entity, softmax cross-entropy -----------------------
+
+def reciprocal(triples: np.ndarray, n_relations: int) -> np.ndarray:
+    """The training queries of 1-N scoring with inverse relations: each triple (h, r, t) as the
+    query (h, r) with target t and as (t, r + n_relations) with target h, shape (2n, 3)."""
+    triples = np.asarray(triples, np.int64).reshape(-1, 3)
+    inverse = np.stack([triples[:, 2], triples[:, 1] + n_relations, triples[:, 0]], axis=1)
+    return np.concatenate([triples, inverse])
+
+
+def queries_relation(queries: np.ndarray, n_entities: int, n_relations: int, size: int | None = None,
+                     name: str = "Query", dtype=None) -> Relation:
+    """``Query(q, h, r, t) -> w``: the q-th query (h, r) with target t and weight ``w = 1/n`` (n
+    queries), so that the weighted sum of per-query losses is their mean. ``n_relations`` counts
+    the relation ids (2x the graph's with inverse relations).
+
+    With ``size``, the relation is padded to exactly ``size`` tuples by queries of weight 0 that
+    name every entity as head and as tail and every relation id (``size >= n + max(n_entities,
+    n_relations)``): then every batch has the same row counts at every step of its plan (the
+    groups by head, relation and tail are always all of them), so a compiled step reuses one XLA
+    program across batches; the padding adds nothing to the loss or to the gradients."""
+    queries = np.asarray(queries, np.int64).reshape(-1, 3)
+    n = len(queries)
+    w = np.full(n, 1.0 / max(n, 1))
+    if size is not None:
+        pad = size - n
+        need = max(n_entities, n_relations)
+        if pad < need:
+            raise ValueError(f"queries_relation '{name}': size {size} leaves room for {pad} padding "
+                             f"queries; {n} queries need size >= {n + need}")
+        i = np.arange(pad, dtype=np.int64)
+        filler = np.stack([i % n_entities, i % n_relations, (i + 1) % n_entities], axis=1)
+        queries = np.concatenate([queries, filler])
+        w = np.concatenate([w, np.zeros(pad)])
+    frame = pl.DataFrame({"q": np.arange(len(queries), dtype=np.int64), "h": queries[:, 0],
+                          "r": queries[:, 1], "t": queries[:, 2], "w": w})
+    return from_frame(frame, keys=("q", "h", "r", "t"), value="w",
+                      extents=(len(queries), n_entities, n_relations, n_entities),
+                      dtype=dtype or default_dtype(), name=name)
+
+
+def one_hot_relation(n_entities: int, dtype=None) -> Relation:
+    """``OneHot(e) -> u_e``, the e-th unit vector of length n_entities (data)."""
+    return from_tensor(np.eye(n_entities), keys=("e",), dtype=dtype or default_dtype(), name="OneHot")
+
+
+def _head(w, e):
+    return e  # the query's head vector (its weight enters at the end)
+
+
+def _place(e, u):
+    return u[:, None] * e[None, :]  # the entity's vector in its row of an (n, dim) matrix
+
+
+def entity_matrix(Entity: Relation, OneHot: Relation) -> Relation:
+    """``EntityMatrix() -> (n_entities, dim)``: all entity vectors as one tuple, each placed in its
+    row by a join with ``OneHot`` and summed by a keyless aggregate. Its RJP hands every row's
+    cotangent back to its entity."""
+    return aggregate(join(Entity, OneHot, on={"e": "e"}, kernel=_place), by=())
+
+
+def all_scores(m: Model) -> Callable:
+    """``(x, M) -> (n_entities,)``: the model's score of the combined query ``x`` against every
+    row of ``M``, the per-tuple score vmapped over the entities."""
+    return jax.vmap(m.score, in_axes=(None, 0))
+
+
+def one_n_loss_program(m: Model, Query: Relation, OneHot: Relation) -> Callable:
+    """``loss(Entity, Rel)``: the 1-N softmax cross-entropy of the queries ``Query(q, h, r, t) ->
+    w`` (w weights each query; 1/B for a batch of B), captured as data:
+
+        X(q, h, r, t)  = combine(Entity(h), Rel(r))                two joins, as for a triple
+        Z(q, h, r, t)  = logsumexp_e score(X, Entity(e))            X x EntityMatrix (no key)
+        S(q, h, r, t)  = score(X, Entity(t))                        the target's score
+        loss           = sum_q w_q (Z - S)                          a join with Query and a sum
+
+    The log-sum-exp runs inside one kernel over a query's whole score vector (jax.nn.logsumexp,
+    max-shifted, so large scores do not overflow): the query meets the entity matrix held as one
+    tuple, a cross join that XLA runs as one matrix product over the batch."""
+    scores_of = all_scores(m)
+
+    def lse(x, M):
+        return jax.nn.logsumexp(scores_of(x, M))
+
+    def loss(Entity, Rel):
+        X = join(Query, Entity, on={"h": "e"}, kernel=_head)
+        X = join(X, Rel, on={"r": "r"}, kernel=m.combine)
+        Z = join(X, entity_matrix(Entity, OneHot), on={}, kernel=lse)
+        S = join(X, Entity, on={"t": "e"}, kernel=m.score)
+        ce = join(Z, S, on={k: k for k in Query.keys}, kernel=jnp.subtract)
+        weighted = join(ce, Query, on={k: k for k in Query.keys}, kernel=jnp.multiply)
+        return aggregate(weighted, by=())
+
+    loss.__name__ = f"{m.name.lower()}_1n_loss"
+    return loss
+
+
+def one_n_loss_twin(m: Model, queries: np.ndarray) -> Callable:
+    """The dense twin of ``one_n_loss_program`` (unpadded, weights 1/n): ``loss(E, W)``, the mean
+    softmax cross-entropy of the queries' targets among all entities, by gathers."""
+    q = jnp.asarray(np.asarray(queries, np.int64))
+
+    def loss(E, W):
+        s = m.dense_score(E[q[:, 0]][:, None, :], W[q[:, 1]][:, None, :], E[None])  # (n, n_ent)
+        return jnp.mean(jax.nn.logsumexp(s, axis=1) - s[jnp.arange(len(q)), q[:, 2]])
+
+    return loss
+
+
 # ---- evaluation -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -181,16 +299,22 @@ class Metrics:
     hits_at_3: float
     hits_at_10: float
     n_ranks: int
+    tail_mrr: float = float("nan")  # the first half of the ranks: tail prediction (h, r, ?)
+    head_mrr: float = float("nan")  # the second half: head prediction (?, r, t)
 
     @classmethod
     def from_ranks(cls, ranks: np.ndarray) -> "Metrics":
+        """Metrics of ``filtered_ranks``' output: tail ranks, then as many head ranks."""
         ranks = np.asarray(ranks, np.float64)
+        half = len(ranks) // 2
+        sides = ((float(np.mean(1.0 / ranks[:half])), float(np.mean(1.0 / ranks[half:])))
+                 if half and len(ranks) % 2 == 0 else (float("nan"), float("nan")))
         return cls(float(np.mean(1.0 / ranks)), *(float(np.mean(ranks <= k)) for k in (1, 3, 10)),
-                   len(ranks))
+                   len(ranks), *sides)
 
     def row(self) -> str:
         return (f"MRR {self.mrr:.3f}  Hits@1 {self.hits_at_1:.3f}  Hits@3 {self.hits_at_3:.3f}  "
-                f"Hits@10 {self.hits_at_10:.3f}")
+                f"Hits@10 {self.hits_at_10:.3f}  (tail {self.tail_mrr:.3f}, head {self.head_mrr:.3f})")
 
 
 def _codes(h, r, t, n_entities: int, n_relations: int):
@@ -198,13 +322,19 @@ def _codes(h, r, t, n_entities: int, n_relations: int):
 
 
 def filtered_ranks(m: Model, E, W, queries: np.ndarray, known: np.ndarray,
-                   batch_cells: int = 1 << 22) -> np.ndarray:
+                   batch_cells: int = 1 << 22, reciprocal: bool = False) -> np.ndarray:
     """Rank of each query triple's true tail among all entities (first half of the result) and of
     its true head (second half), leaving out candidates that form another known triple. A
     candidate scoring exactly as the true entity counts one half: rank = 1 + #greater +
-    #equal / 2."""
+    #equal / 2. ``reciprocal``: ``W`` holds 2 x n_relations rows, the second half the inverse
+    relations, and heads are predicted as tails of the inverse query (t, r + n_relations, ?)."""
     E, W = jnp.asarray(E), jnp.asarray(W)
     n_ent, n_rel = E.shape[0], W.shape[0]
+    if reciprocal:
+        if n_rel % 2:
+            raise ValueError(f"filtered_ranks: reciprocal scoring needs 2 x n_relations relation "
+                             f"rows, got {n_rel}")
+        n_rel //= 2
     queries = np.asarray(queries, np.int64)
     known_codes = np.unique(_codes(*np.asarray(known, np.int64).T, n_ent, n_rel))
     cand = np.arange(n_ent, dtype=np.int64)
@@ -215,7 +345,8 @@ def filtered_ranks(m: Model, E, W, queries: np.ndarray, known: np.ndarray,
         eh, w, et = E[h][:, None, :], W[r][:, None, :], E[t][:, None, :]
         for side, s, codes, true in (
                 ("tail", m.dense_score(eh, w, E[None]), _codes(h[:, None], r[:, None], cand, n_ent, n_rel), t),
-                ("head", m.dense_score(E[None], w, et), _codes(cand, r[:, None], t[:, None], n_ent, n_rel), h)):
+                ("head", m.dense_score(et, W[r + n_rel][:, None, :], E[None]) if reciprocal
+                 else m.dense_score(E[None], w, et), _codes(cand, r[:, None], t[:, None], n_ent, n_rel), h)):
             s = np.asarray(s)
             other = ~np.isin(codes, known_codes)  # candidates that are not known triples
             target = s[np.arange(len(true)), true][:, None]
@@ -228,12 +359,16 @@ def filtered_ranks(m: Model, E, W, queries: np.ndarray, known: np.ndarray,
 
 def evaluate(m: Model | str, E, W, triples: Triples, split: str = "test") -> Metrics:
     """Filtered MRR and Hits@1/3/10 of embeddings ``E`` (entities x dim), ``W`` (relations x dim)
-    on one split, the filter being every triple of every split."""
+    on one split, both directions (tail and head prediction, as pykeen's "both"), the filter
+    being every triple of every split. ``W`` with 2 x n_relations rows holds inverse relations
+    (1-N training), and heads are then predicted through them."""
     m = get_model(m) if isinstance(m, str) else m
     if len(triples.split(split)) == 0:
         raise ValueError(f"evaluate: the '{split}' split of '{triples.name}' has no triples; "
                          f"evaluate on another split (split='valid' or 'train')")
-    return Metrics.from_ranks(filtered_ranks(m, E, W, triples.split(split), triples.known()))
+    reciprocal = np.shape(W)[0] == 2 * triples.n_relations
+    return Metrics.from_ranks(filtered_ranks(m, E, W, triples.split(split), triples.known(),
+                                             reciprocal=reciprocal))
 
 
 # ---- training ---------------------------------------------------------------------------------
@@ -248,11 +383,15 @@ class History:
     metrics: Metrics | None = None  # after training
     entity: Relation | None = None
     relation: Relation | None = None
+    loss: str = "pairs"  # the training objective: "pairs" or "1-n"
+    validation: list[tuple[int, float]] = field(default_factory=list)  # (epoch, valid MRR)
+    best_epoch: int | None = None  # the epoch whose parameters were kept (early stopping)
 
     def summary(self) -> str:
         loss = f", loss {self.losses[0]:.4f} -> {self.losses[-1]:.4f}" if self.losses else ""
-        lines = [f"{self.model} on {self.dataset}: {len(self.losses)} epochs, "
-                 f"{sum(self.seconds):.1f} s{loss}"]
+        best = f", best valid epoch {self.best_epoch}" if self.best_epoch is not None else ""
+        lines = [f"{self.model} ({self.loss}) on {self.dataset}: {len(self.losses)} epochs, "
+                 f"{sum(self.seconds):.1f} s{loss}{best}"]
         if self.initial is not None:
             lines.append(f"  random embeddings  {self.initial.row()}")
         if self.metrics is not None:
@@ -281,10 +420,38 @@ def unit_rows(Entity: Relation) -> Relation:
     return Entity.with_values(unit.values_like(Entity))
 
 
+LOSSES = ("1-n", "pairs")
+
+
 def train(triples: Triples, model: str = "transe", dim: int = 32, epochs: int = 50,
           lr: float = 0.01, negatives: int = 4, seed: int = 0, margin: float = 1.0,
           batch_size: int | None = None, normalize: bool = True, split: str = "test",
-          dtype=None, compiled: bool = False) -> History:
+          dtype=None, compiled: bool | None = None, loss: str = "1-n", eval_every: int = 10,
+          patience: int = 3) -> History:
+    """Train ``model`` ('transe' or 'distmult') on ``triples.train`` with Adam.
+
+    ``loss="1-n"`` (the default; ``train_1n``): 1-N scoring with inverse relations and softmax
+    cross-entropy, mini-batches of ``batch_size`` queries (256 by default), early stopping on the
+    validation filtered MRR (every ``eval_every`` epochs, ``patience`` evaluations without
+    improvement; the best parameters are kept). ``loss="pairs"`` (``train_pairs``): ``negatives``
+    corruptions per triple and the pair loss; ``eval_every`` and ``patience`` do not apply."""
+    key = str(loss).lower().replace("_", "-")
+    if key in ("1n", "lcwa", "1-n"):
+        return train_1n(triples, model=model, dim=dim, epochs=epochs, lr=lr, seed=seed,
+                        batch_size=batch_size or 256, normalize=normalize, split=split, dtype=dtype,
+                        compiled=bool(compiled), eval_every=eval_every,
+                        patience=patience)
+    if key != "pairs":
+        raise ValueError(f"train: unknown loss {loss!r}; choose one of {LOSSES}")
+    return train_pairs(triples, model=model, dim=dim, epochs=epochs, lr=lr, negatives=negatives,
+                       seed=seed, margin=margin, batch_size=batch_size, normalize=normalize,
+                       split=split, dtype=dtype, compiled=bool(compiled))
+
+
+def train_pairs(triples: Triples, model: str = "transe", dim: int = 32, epochs: int = 50,
+                lr: float = 0.01, negatives: int = 4, seed: int = 0, margin: float = 1.0,
+                batch_size: int | None = None, normalize: bool = True, split: str = "test",
+                dtype=None, compiled: bool = False) -> History:
     """Train ``model`` ('transe' or 'distmult') on ``triples.train`` with Adam: each epoch draws
     ``negatives`` corruptions per triple, shuffles, and takes one step per batch (``batch_size``
     triples; all of them by default) through the relational backward plan. TransE entities are
@@ -336,6 +503,81 @@ def train(triples: Triples, model: str = "transe", dim: int = 32, epochs: int = 
             Entity = unit_rows(Entity)
         history.losses.append(total / len(order))
         history.seconds.append(time.perf_counter() - start)
+    history.entity, history.relation = Entity, Rel
+    if scored:
+        history.metrics = evaluate(m, Entity.to_tensor(), Rel.to_tensor(), triples, split)
+    return history
+
+
+def train_1n(triples: Triples, model: str = "distmult", dim: int = 128, epochs: int = 100,
+             lr: float = 0.01, seed: int = 0, batch_size: int = 256, normalize: bool = True,
+             split: str = "test", dtype=None, compiled: bool = False, eval_every: int = 10,
+             patience: int = 3, valid: str = "valid") -> History:
+    """1-N training: the queries are the training triples and their inverses (``reciprocal``),
+    shuffled every epoch into batches of ``batch_size``; each step is the relational backward
+    plan of ``one_n_loss_program`` on the batch (``Query`` an argument), then Adam. Every batch,
+    the last one too, is padded to one size by weight-0 queries (``queries_relation``), so all
+    steps have one shape: a compiled step (``compiled``, ``wb.jit`` without pruning) builds a key
+    plan for each new batch (its keys are new) but reuses one XLA program. TransE entities are
+    put back on the unit sphere after every epoch (``normalize``). Every ``eval_every`` epochs
+    the filtered MRR on ``valid`` is measured; the best parameters are kept, and training stops
+    after ``patience`` measurements without improvement (no early stopping without a ``valid``
+    split, or with ``patience=0``)."""
+    m = get_model(model)
+    if dim < 1 or epochs < 0 or batch_size < 1:
+        raise ValueError(f"train: dim ({dim}) and batch_size ({batch_size}) must be positive and "
+                         f"epochs ({epochs}) non-negative")
+    if len(triples.train) == 0:
+        raise ValueError(f"train: knowledge graph '{triples.name}' has no training triples")
+    rng = np.random.default_rng(seed)
+    dtype = dtype or default_dtype()
+    n_ent, n_rel = triples.n_entities, 2 * triples.n_relations
+    E0, W0 = init_embeddings(m, n_ent, n_rel, dim, rng)
+    Entity = from_tensor(E0, keys=("e",), dtype=dtype, name="Entity")
+    Rel = from_tensor(W0, keys=("r",), dtype=dtype, name="Rel")
+    history = History(m.name, triples.name, loss="1-n")
+    scored = len(triples.split(split)) > 0
+    if scored:
+        history.initial = evaluate(m, Entity.to_tensor(), Rel.to_tensor(), triples, split)
+    early = eval_every > 0 and patience > 0 and len(triples.split(valid)) > 0
+    opt = Adam(lr=lr)
+    state = opt.init([Entity, Rel])
+    queries = reciprocal(triples.train, triples.n_relations)
+    size = min(batch_size, len(queries))
+    padded = size + max(n_ent, n_rel)
+    OneHot = one_hot_relation(n_ent, dtype)
+
+    def batch_loss(Entity: Relation, Rel: Relation, Query: Relation) -> Relation:
+        return one_n_loss_program(m, Query, OneHot)(Entity, Rel)
+
+    step = value_and_grad(batch_loss, argnums=(0, 1))
+    step = jit(step, prune=False) if compiled else step
+    best, best_mrr, waited = (Entity, Rel), -1.0, 0
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        order = rng.permutation(len(queries))
+        total = 0.0
+        for b in range(0, len(order), size):
+            rows = order[b:b + size]
+            Query = queries_relation(queries[rows], n_ent, n_rel, size=padded, dtype=dtype)
+            value, grads = step(Entity, Rel, Query)
+            (Entity, Rel), state = opt.update([Entity, Rel], grads, state)
+            total += float(value.to_tensor()) * len(rows)
+        if m.margin_loss and normalize:
+            Entity = unit_rows(Entity)
+        history.losses.append(total / len(order))
+        history.seconds.append(time.perf_counter() - start)
+        if early and (epoch % eval_every == 0 or epoch == epochs):
+            mrr = evaluate(m, Entity.to_tensor(), Rel.to_tensor(), triples, valid).mrr
+            history.validation.append((epoch, mrr))
+            if mrr > best_mrr:
+                best, best_mrr, waited, history.best_epoch = (Entity, Rel), mrr, 0, epoch
+            else:
+                waited += 1
+                if waited >= patience:
+                    break
+    if early and history.best_epoch is not None:
+        Entity, Rel = best
     history.entity, history.relation = Entity, Rel
     if scored:
         history.metrics = evaluate(m, Entity.to_tensor(), Rel.to_tensor(), triples, split)

@@ -10,8 +10,9 @@ from typing import Callable, Sequence
 
 import jax
 
+from workbench.blocks import Spec as BlockSpec
 from workbench.kernels import LRU
-from workbench.physical import JoinAggregate, PairJoin, SpMM
+from workbench.physical import BlockProduct, JoinAggregate, PairJoin, SpMM
 from workbench.plan import Add, Aggregate, Join, Node, Scan, Select, toposort
 from workbench.rjp import is_broadcast, is_pack, unpacked_join_vjp
 
@@ -263,12 +264,207 @@ def sparse_products(outputs: Sequence[Node], edge_ok: Callable[[Node], bool] | N
     return new
 
 
+def block_dot(kernel, shapes, dtype: str):
+    """Whether ``kernel(*args)`` is exactly one ``dot_general`` of two distinct arguments, both
+    2-D, contracting one axis each, no batch axes, up to transposes of its operands and of its
+    result: (s1, s2, cx, cz, transpose, precision), the product contracting axis cx of
+    ``args[s1]`` with axis cz of ``args[s2]``, transposed when ``transpose``; else None. Its
+    jaxpr, pruned to what the output depends on, holds that and nothing else (other arguments
+    unused). Decided from the traced program, never from names."""
+    key = (kernel.key, kernel.arity, tuple(map(tuple, shapes)), dtype)
+    return _BLOCK_DOT.get_or_make(key, lambda: (kernel.fn, _trace_block_dot(kernel.fn, shapes, dtype)))
+
+
+_BLOCK_DOT = LRU(1024)  # kernel key -> (fn, kept alive for its id()-based key; verdict)
+
+
+def _trace_block_dot(fn, shapes, dtype: str):
+    try:
+        closed = jax.make_jaxpr(fn)(*[jax.ShapeDtypeStruct(tuple(s), dtype) for s in shapes])
+    except Exception:  # a kernel that does not trace here is simply not recognized
+        return None
+    jaxpr = closed.jaxpr
+    if len(jaxpr.outvars) != 1:
+        return None
+    made_by = {id(v): eqn for eqn in jaxpr.eqns for v in eqn.outvars}
+    live, stack = [], [jaxpr.outvars[0]]  # the equations the output depends on
+    while stack:
+        eqn = made_by.get(id(stack.pop()))
+        if eqn is not None and not any(e is eqn for e in live):
+            live.append(eqn)
+            stack.extend(eqn.invars)
+    used = []  # the equations walked below: every live one must be among them
+
+    def peel(var):
+        """(var, flipped) past a chain of 2-D transposes."""
+        flipped = False
+        while True:
+            eqn = made_by.get(id(var))
+            if (eqn is None or eqn.primitive.name != "transpose"
+                    or tuple(eqn.params["permutation"]) != (1, 0)):
+                return var, flipped
+            used.append(eqn)
+            var, flipped = eqn.invars[0], not flipped
+    out = jaxpr.outvars[0]
+    var, transpose = peel(out)
+    dot = made_by.get(id(var))
+    if dot is None or dot.primitive.name != "dot_general":
+        return None
+    used.append(dot)
+    (lc, rc), (lb, rb) = dot.params["dimension_numbers"]
+    if len(lc) != 1 or len(rc) != 1 or lb or rb or len(dot.invars) != 2:
+        return None
+    preferred = dot.params.get("preferred_element_type")
+    if preferred is not None and str(preferred) != dtype:
+        return None
+    args = {id(v): i for i, v in enumerate(jaxpr.invars)}
+    found = []
+    for operand, axis in zip(dot.invars, (lc[0], rc[0])):
+        var, flipped = peel(operand)
+        if id(var) not in args or len(var.aval.shape) != 2 or str(var.aval.dtype) != dtype:
+            return None
+        found.append((args[id(var)], 1 - axis if flipped else axis))
+    (s1, cx), (s2, cz) = found
+    if s1 == s2 or len(used) != len(live) or not all(any(u is e for u in used) for e in live):
+        return None
+    if len(out.aval.shape) != 2 or str(out.aval.dtype) != dtype:
+        return None
+    return s1, s2, cx, cz, transpose, dot.params.get("precision")
+
+
+def _block_spec(kernel, operands, by: dict, schema):
+    """The block product a join-then-sum computes, when it is one: ``operands`` are the kernel's
+    arguments as (node, {key: class}), classes of the join's matched key values; ``by`` maps the
+    summed-by keys to their classes. Returns dict(x, z, filter, spec) or None.
+
+    The kernel must be ``block_dot`` of two arguments x and z, each of two keys, sharing exactly
+    one class (the contracted block index c, not summed by) and with their other classes the two
+    summed-by ones (a and b). A third argument, which the kernel does not read, must have exactly
+    the classes a and b: it only filters the output groups (one tuple per group)."""
+    shapes = [node.schema.value_shape for node, _ in operands]
+    found = block_dot(kernel, shapes, schema.dtype)
+    if found is None:
+        return None
+    s1, s2, cx, cz, transpose, precision = found
+    (x, xcls), (z, zcls) = operands[s1], operands[s2]
+    xs, zs = set(xcls.values()), set(zcls.values())
+    if len(xcls) != 2 or len(zcls) != 2 or len(xs) != 2 or len(zs) != 2 or len(xs & zs) != 1:
+        return None
+    (c,) = xs & zs
+    (a,), (b,) = xs - {c}, zs - {c}
+    if (len(by) != 2 or None in by.values() or sorted(by.values()) != sorted((a, b))
+            or tuple(by) != schema.keys):
+        return None
+    name = {cl: k for k, cl in by.items()}
+    x_key = {cl: k for k, cl in xcls.items()}
+    z_key = {cl: k for k, cl in zcls.items()}
+    filter, filter_keys = None, None
+    rest = [operands[i] for i in range(len(operands)) if i not in (s1, s2)]
+    if len(rest) > 1:
+        return None
+    if rest:
+        filter, fcls = rest[0]
+        if len(fcls) != 2 or sorted(fcls.values()) != sorted((a, b)):
+            return None
+        f_key = {cl: k for k, cl in fcls.items()}
+        filter_keys = (f_key[a], f_key[b])
+    x_keys = (x_key[c], x_key[a]) if cx == 0 else (x_key[a], x_key[c])
+    z_keys = (z_key[c], z_key[b]) if cz == 0 else (z_key[b], z_key[c])
+    spec = BlockSpec(x_keys, z_keys, (cx, cz), transpose, (name[a], name[b]), schema.keys,
+                     tuple(x.schema.value_shape), tuple(z.schema.value_shape), schema.dtype,
+                     filter_keys, precision)
+    if spec.out_shape != tuple(schema.value_shape):
+        return None
+    return dict(x=x, z=z, filter=filter, spec=spec)
+
+
+def _forward_block(J: Join, by: tuple[str, ...], schema):
+    """aggregate(join(L, R, on={c_L: c_R}, kernel=dot), by=(a, b)), a and b the free keys."""
+    if J.drops_keys:
+        return None
+    cls = J.pair_classes()
+    out = {o: cls[(s, k)] for o, s, k in J.keys}
+    operands = [(J.left, {k: cls[("left", k)] for k in J.left.schema.keys}),
+                (J.right, {k: cls[("right", k)] for k in J.right.schema.keys})]
+    return _block_spec(J.kernel, operands, {k: out[k] for k in by}, schema)
+
+
+def _backward_block(P: PairJoin, by: tuple[str, ...], schema):
+    """The RJP of a block product for one side, fused: the pairs of L and R joined with
+    C = join(F, G, kernel=broadcast), F the forward join (its tuples those very pairs), G(a, b)
+    the cotangent; kernel (vl, vr, g) -> g . vr^T or vl^T . g (any dot of g and one side);
+    summed by the other side's keys, which only filter the groups."""
+    C = P.cotangent
+    if (P.drops_keys or not isinstance(C, Join) or not is_broadcast(C.kernel) or C.drops_keys):
+        return None
+    F, G = C.left, C.right
+    if not (isinstance(F, Join) and F.left is P.left and F.right is P.right and F.on == P.pair_on
+            and not F.drops_keys):
+        return None
+    cls = F.pair_classes()  # the classes of (side, key) in the match of L and R, shared by P
+    f_cls = {name: cls[(s, k)] for name, s, k in F.keys}
+    g_cls: dict[str, int] = {}
+    for fk, gk in C.on:  # G is read at the classes of the F keys it is joined with
+        if g_cls.setdefault(gk, f_cls[fk]) != f_cls[fk]:
+            return None
+    if set(g_cls) != set(G.schema.keys):
+        return None
+    pair_cls = {name: cls[(s, k)] for name, s, k in P.pair_keys}
+    c_cls = {name: f_cls[k] if s == "left" else g_cls[k] for name, s, k in C.keys}
+    # each pair meets exactly its own tuple of F (if G has its key): `on` equates every class
+    if any(pair_cls.get(p) is None or pair_cls[p] != c_cls.get(c) for p, c in P.on):
+        return None
+    if {pair_cls[p] for p, _ in P.on} != set(cls.values()):
+        return None
+    out = {o: (pair_cls.get(k) if s == "left" else c_cls.get(k)) for o, s, k in P.keys}
+    operands = [(P.left, {k: cls[("left", k)] for k in P.left.schema.keys}),
+                (P.right, {k: cls[("right", k)] for k in P.right.schema.keys}),
+                (G, g_cls)]
+    return _block_spec(P.kernel, operands, {k: out[k] for k in by}, schema)
+
+
+def block_products(outputs: Sequence[Node]) -> dict[Node, Node]:
+    """A sum by two keys a, b of a join of two relations of 2-D blocks on one key pair c, whose
+    kernel is one ``dot_general`` of the two blocks contracting one axis each (``jnp.matmul``,
+    ``a @ b.T``, ...), is a blocked matrix product: BlockProduct, ONE matmul of the dense
+    matrices the blocks tile (``workbench.blocks``). Its RJP for either side (the pairs of L and
+    R joined with the broadcast cotangent G, kernel g . vr^T or vl^T . g, summed by that side's
+    keys) is the block product of G and the other side, its groups filtered by that side's
+    keys. The kernel is checked on its jaxpr, so ``a @ b + 1`` or ``tanh(a @ b)`` are left alone.
+
+    >>> aggregate(join(A, B, on={"col": "row"}, kernel=jnp.matmul), by=("row", "col"))
+    ... # -> BlockProduct(A, B)
+    >>> JoinAggregate(PairJoin(A, B, join(F, G, kernel=broadcast), kernel=vjp_left), by=("row", "col"))
+    ... # -> BlockProduct(G, B, filter=A): G @ B^T
+    """
+    new: dict[Node, Node] = {}
+    for node in toposort(list(outputs)):
+        rebuilt = new[node] = node.with_inputs([new[i] for i in node.inputs])
+        if isinstance(rebuilt, Aggregate) and rebuilt.reduction == "sum":
+            J, by = rebuilt.input, rebuilt.by
+        elif isinstance(rebuilt, JoinAggregate):
+            J, by = rebuilt.join, rebuilt.by
+            new[node.join] = J  # the fused join's results are filed under its new node
+        else:
+            continue
+        if len(by) != 2:
+            continue
+        found = (_forward_block(J, by, rebuilt.schema) if isinstance(J, Join) else
+                 _backward_block(J, by, rebuilt.schema) if isinstance(J, PairJoin) else None)
+        if found is not None:
+            replaces = (J,) if isinstance(J, Join) else (J, J.cotangent)
+            new[node] = BlockProduct(rebuilt.schema, replaces=replaces, label=node.label,
+                                     origin=node.origin, **found)
+    return new
+
+
 RULES: tuple[Rewrite, ...] = (
     drop_identity_selects,
     common_subexpressions,
     fuse_pair_joins,
     fuse_join_aggregates,
     sparse_products,
+    block_products,  # after fuse_join_aggregates, whose JoinAggregates it reads
 )
 
 
@@ -287,3 +483,4 @@ def optimize(outputs: Sequence[Node], rules: Sequence[Rewrite] = RULES):
 def clear_cache() -> None:
     """Forget this module's cached results (``workbench.clear_caches`` clears every cache)."""
     _SCALING.clear()
+    _BLOCK_DOT.clear()

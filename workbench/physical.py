@@ -103,3 +103,39 @@ class SpMM(Node):
 
     def params(self) -> dict[str, Any]:
         return {"matrix": f"{self.row_key} x {self.col_key}", "by": self.out_key, "kernel": "spmm"}
+
+
+@dataclass(frozen=True, eq=False)
+class BlockProduct(Node):
+    """``Y(a, b) = sum_c kernel(x(a, c), z(c, b))`` for relations of 2-D blocks whose kernel is
+    one ``dot_general`` of the two blocks contracting one axis each: a join on the contracted
+    block index c summed by the two free ones, run as ONE matmul of the dense matrices the blocks
+    tile (absent blocks are zeros; ``workbench.blocks``).
+
+    ``spec`` (a ``blocks.Spec``) says which keys of x and z are which block indices, the
+    dimension numbers and the output keys. With ``filter`` (two keys), only groups where it has a
+    tuple appear: the backward, where the input the gradient is for gives the groups (the join
+    RJP's PairJoin of L, R and the broadcast cotangent, summed by L's or R's keys). ``replaces``
+    holds the joins it computes inside itself (never computed on their own), for run statistics.
+    """
+
+    x: Node
+    z: Node
+    filter: Node | None
+    spec: Any  # workbench.blocks.Spec
+    replaces: tuple[Node, ...] = ()
+    kind: ClassVar[str] = "aggregate"
+
+    @property
+    def inputs(self) -> tuple[Node, ...]:
+        return (self.x, self.z) + ((self.filter,) if self.filter is not None else ())
+
+    def _replace_inputs(self, inputs) -> "BlockProduct":
+        return replace(self, x=inputs[0], z=inputs[1],
+                       filter=inputs[2] if self.filter is not None else None)
+
+    def params(self) -> dict[str, Any]:
+        s = self.spec
+        return {"x": f"{self.x.display_name}({s.x_free}, {s.x_contracted})",
+                "z": f"{self.z.display_name}({s.z_contracted}, {s.z_free})",
+                "by": ", ".join(s.order), "kernel": "block matmul"}

@@ -35,10 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 import polars as pl
 
-from workbench import passes, sparse
+from workbench import blocks, passes, sparse
 from workbench.kernels import LRU
 from workbench.execute.local import LocalContext, LocalExecutor, group_ids, join_rows, select_rows
-from workbench.physical import JoinAggregate, PairJoin, SpMM
+from workbench.physical import BlockProduct, JoinAggregate, PairJoin, SpMM
 from workbench.plan import Add, Aggregate, Join, Node, Scan, Select, toposort
 from workbench.table import Table
 
@@ -47,7 +47,7 @@ from workbench.table import Table
 # reads it (JoinAggregate), and a sum of edge weights times node values is a sparse matrix
 # product (SpMM) when the edges are fixed for the plan (they read no argument).
 RULES = (passes.drop_identity_selects, passes.common_subexpressions, passes.fuse_pair_joins,
-         passes.fuse_join_aggregates, passes.sparse_products)
+         passes.fuse_join_aggregates, passes.sparse_products, passes.block_products)
 
 # Compiled XLA programs by (program text, kernel fingerprints): plans of one shape share one.
 _EXECUTABLES = LRU(64)
@@ -144,6 +144,13 @@ class _Product:
     """Y = M X of a sparse product's key side ``p`` (input 1 is X; the others give keys only)."""
 
     p: sparse.Product
+
+
+@dataclass
+class _Blocks:
+    """A blocked matrix product of ``p`` (inputs 0 and 1 are x and z; a filter gives keys only)."""
+
+    p: blocks.Product
 
 
 @dataclass
@@ -300,6 +307,10 @@ class CompiledPlan:
             p = sparse.product(inputs[0], node.row_key, node.col_key, node.shape, inputs[1],
                                node.out_key, rows, value_shape=node.schema.value_shape)
             return p.out_keys, p.out_keys.height, _Product(p)
+        if isinstance(node, BlockProduct):
+            p = blocks.product(node.spec, inputs[0], inputs[1],
+                               inputs[2] if node.filter is not None else None)
+            return p.out_keys, p.n_out, _Blocks(p)
         raise NotImplementedError(f"the compiled executor has no implementation for "
                                   f"{type(node).__name__}; it runs plans rewritten by "
                                   f"workbench.execute.compiled.RULES")
@@ -361,6 +372,9 @@ class CompiledPlan:
                     h = heights[inp]
                     yield i, (t if spec.ids is None else t[offset:offset + h])
                     offset += h
+        elif isinstance(spec, _Blocks):  # one dense matmul reads every block of x and z
+            yield 0, slice(None)
+            yield 1, slice(None)
         elif isinstance(spec, _Product):  # the dense rows the needed rows' entries read
             p = spec.p
             entries = (slice(None) if p.keep is None and m.all()  # every stored entry
@@ -425,6 +439,8 @@ class CompiledPlan:
                 parts.append(part if inp not in pos else part[sel[inp]])
             ids = np.concatenate(parts) if parts else spec.ids
             return _Sum(None, ids if group is None else group[ids], g, counts)
+        if isinstance(spec, _Blocks):  # x and z stay whole (every row is needed)
+            return spec if s is None else _Blocks(blocks.restrict(spec.p, s))
         if isinstance(spec, _Product):
             p, dense = spec.p, node.inputs[1]
             if s is None and dense not in pos and p.keep is None:
@@ -484,6 +500,18 @@ class CompiledPlan:
             def product_step(values, index):
                 return sparse.apply_product(p, values[1], **{k: index[i] for k, i in slots.items()})
             return product_step
+        if isinstance(spec, _Blocks):
+            p, slots = spec.p, {}
+            for name in blocks.INDEX:
+                array = getattr(p, name)
+                if array is not None:
+                    self.index.append(array)
+                    slots[name] = len(self.index) - 1
+
+            def block_step(values, index):
+                return blocks.apply_product(p, values[0], values[1],
+                                            **{k: index[i] for k, i in slots.items()})
+            return block_step
         raise TypeError(f"no value step for {type(spec).__name__}")
 
     def _map_step(self, spec: _Map, n_in: list[int]):
@@ -587,9 +615,11 @@ class CompiledPlan:
             lowered = self._fn.lower(tuple(jnp.asarray(a) for a in arguments), *self._fixed)
             # a plan rebuilt for new keys of the same shapes (a new batch) lowers to the same
             # program: its executable is reused. The kernels' fingerprints are part of the key, so
-            # state a kernel captures never hides behind the program text.
+            # state a kernel captures never hides behind the program text, and so are the
+            # arguments' structure and shapes (inputs a program never reads leave no text).
             kernels = tuple(n.kernel.key for n in self._kernel_nodes)
-            key = (hashlib.sha256(lowered.as_text().encode()).digest(), kernels)
+            key = (hashlib.sha256(lowered.as_text().encode()).digest(), kernels, lowered.in_tree,
+                   tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves(lowered.args_info)))
             self._compiled = _EXECUTABLES.get_or_make(key, lambda: (None, lowered.compile()))
             self.timings.compile = time.perf_counter() - start
         values = self._compiled(tuple(arguments), *self._fixed)

@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import polars as pl
 
-from workbench import sparse
+from workbench import blocks, sparse
 from workbench.errors import PlanError
 from workbench.execute import batched as K
 from workbench.execute.base import Context, Executor, NodeStats
-from workbench.physical import JoinAggregate, PairJoin, SpMM
+from workbench.physical import BlockProduct, JoinAggregate, PairJoin, SpMM
 from workbench.plan import Add, Aggregate, Join, Node, Scan, Select, toposort
 from workbench.table import Table, spare_name
 
@@ -238,6 +238,15 @@ def _spmm(node: SpMM, inputs, ctx) -> Table:
     for join in node.replaces:  # one tuple per matched edge, never formed
         _fused(ctx, join, matched)
     return table
+
+
+@run_node.register
+def _block_product(node: BlockProduct, inputs, ctx) -> Table:
+    x, z = inputs[0], inputs[1]
+    p = blocks.product(node.spec, x, z, inputs[2] if node.filter is not None else None)
+    for join in node.replaces:  # one tuple per pair of blocks that meet, never formed
+        _fused(ctx, join, p.matched)
+    return Table(p.out_keys, blocks.run(p, x.values, z.values))
 
 
 def _fused(ctx: LocalContext, node: Node | None, rows: int) -> None:

@@ -230,6 +230,26 @@ def _backward_spmm(P, by: str):
     return dict(edge=E, dense=C.right, rows=X, row_key=joined, col_key=free)
 
 
+def _rewrite_sums_of_joins(outputs: Sequence[Node], product: Callable) -> dict[Node, Node]:
+    """Bottom-up over the plan: every sum of a join (an Aggregate summing a Join, or a
+    JoinAggregate) is offered to ``product(node, rebuilt, join, by)``, which returns the node
+    that replaces it, or None."""
+    new: dict[Node, Node] = {}
+    for node in toposort(list(outputs)):
+        rebuilt = new[node] = node.with_inputs([new[i] for i in node.inputs])
+        if isinstance(rebuilt, Aggregate) and rebuilt.reduction == "sum":
+            J, by = rebuilt.input, rebuilt.by
+        elif isinstance(rebuilt, JoinAggregate):
+            J, by = rebuilt.join, rebuilt.by
+            new[node.join] = J  # the fused join's results are filed under its new node
+        else:
+            continue
+        replacement = product(node, rebuilt, J, by)
+        if replacement is not None:
+            new[node] = replacement
+    return new
+
+
 def sparse_products(outputs: Sequence[Node], edge_ok: Callable[[Node], bool] | None = None) -> dict[Node, Node]:
     """A sum by one key of a join of edges E(r, c) -> scalar weight with node values X(c), whose
     kernel is the weight times the value, is the sparse product Y = M X: SpMM, with M's CSR built
@@ -243,25 +263,18 @@ def sparse_products(outputs: Sequence[Node], edge_ok: Callable[[Node], bool] | N
     >>> JoinAggregate(PairJoin(Edge, X, join(F, G, kernel=broadcast), kernel=vjp_right), by=("src",))
     ... # -> SpMM(Edge, G, rows=X, row_key="src", col_key="dst")
     """
-    new: dict[Node, Node] = {}
-    for node in toposort(list(outputs)):
-        rebuilt = new[node] = node.with_inputs([new[i] for i in node.inputs])
-        if isinstance(rebuilt, Aggregate) and rebuilt.reduction == "sum":
-            J, by = rebuilt.input, rebuilt.by
-        elif isinstance(rebuilt, JoinAggregate):
-            J, by = rebuilt.join, rebuilt.by
-            new[node.join] = J  # the fused join's results are filed under its new node
-        else:
-            continue
+    def product(node: Node, rebuilt: Node, J: Node, by: tuple[str, ...]) -> Node | None:
         if len(by) != 1:
-            continue
+            return None
         spec = (_forward_spmm(J, by[0]) if isinstance(J, Join) else
                 _backward_spmm(J, by[0]) if isinstance(J, PairJoin) else None)
-        if spec is not None and (edge_ok is None or edge_ok(spec["edge"])):
-            replaces = (J,) if isinstance(J, Join) else (J, J.cotangent)
-            new[node] = SpMM(rebuilt.schema, out_key=by[0], replaces=replaces, label=node.label,
-                             origin=node.origin, **spec)
-    return new
+        if spec is None or (edge_ok is not None and not edge_ok(spec["edge"])):
+            return None
+        replaces = (J,) if isinstance(J, Join) else (J, J.cotangent)
+        return SpMM(rebuilt.schema, out_key=by[0], replaces=replaces, label=node.label,
+                    origin=node.origin, **spec)
+
+    return _rewrite_sums_of_joins(outputs, product)
 
 
 def block_dot(kernel, shapes, dtype: str):
@@ -437,25 +450,18 @@ def block_products(outputs: Sequence[Node]) -> dict[Node, Node]:
     >>> JoinAggregate(PairJoin(A, B, join(F, G, kernel=broadcast), kernel=vjp_left), by=("row", "col"))
     ... # -> BlockProduct(G, B, filter=A): G @ B^T
     """
-    new: dict[Node, Node] = {}
-    for node in toposort(list(outputs)):
-        rebuilt = new[node] = node.with_inputs([new[i] for i in node.inputs])
-        if isinstance(rebuilt, Aggregate) and rebuilt.reduction == "sum":
-            J, by = rebuilt.input, rebuilt.by
-        elif isinstance(rebuilt, JoinAggregate):
-            J, by = rebuilt.join, rebuilt.by
-            new[node.join] = J  # the fused join's results are filed under its new node
-        else:
-            continue
+    def product(node: Node, rebuilt: Node, J: Node, by: tuple[str, ...]) -> Node | None:
         if len(by) != 2:
-            continue
+            return None
         found = (_forward_block(J, by, rebuilt.schema) if isinstance(J, Join) else
                  _backward_block(J, by, rebuilt.schema) if isinstance(J, PairJoin) else None)
-        if found is not None:
-            replaces = (J,) if isinstance(J, Join) else (J, J.cotangent)
-            new[node] = BlockProduct(rebuilt.schema, replaces=replaces, label=node.label,
-                                     origin=node.origin, **found)
-    return new
+        if found is None:
+            return None
+        replaces = (J,) if isinstance(J, Join) else (J, J.cotangent)
+        return BlockProduct(rebuilt.schema, replaces=replaces, label=node.label,
+                            origin=node.origin, **found)
+
+    return _rewrite_sums_of_joins(outputs, product)
 
 
 RULES: tuple[Rewrite, ...] = (

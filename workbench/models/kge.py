@@ -448,6 +448,23 @@ def train(triples: Triples, model: str = "transe", dim: int = 32, epochs: int = 
                        split=split, dtype=dtype, compiled=bool(compiled))
 
 
+def _start(triples: Triples, m: Model, dim: int, epochs: int, count_name: str, count: int,
+           relation_copies: int, seed: int, dtype):
+    """Check a training run's sizes and draw its starting embeddings: (Entity, Rel, rng, dtype),
+    Rel with ``relation_copies`` rows per relation (2 with reciprocal relations)."""
+    if dim < 1 or epochs < 0 or count < 1:
+        raise ValueError(f"train: dim ({dim}) and {count_name} ({count}) must be positive and "
+                         f"epochs ({epochs}) non-negative")
+    if len(triples.train) == 0:
+        raise ValueError(f"train: knowledge graph '{triples.name}' has no training triples")
+    rng = np.random.default_rng(seed)
+    dtype = dtype or default_dtype()
+    E0, W0 = init_embeddings(m, triples.n_entities, relation_copies * triples.n_relations, dim, rng)
+    Entity = from_tensor(E0, keys=("e",), dtype=dtype, name="Entity")
+    Rel = from_tensor(W0, keys=("r",), dtype=dtype, name="Rel")
+    return Entity, Rel, rng, dtype
+
+
 def train_pairs(triples: Triples, model: str = "transe", dim: int = 32, epochs: int = 50,
                 lr: float = 0.01, negatives: int = 4, seed: int = 0, margin: float = 1.0,
                 batch_size: int | None = None, normalize: bool = True, split: str = "test",
@@ -462,17 +479,8 @@ def train_pairs(triples: Triples, model: str = "transe", dim: int = 32, epochs: 
     a batch touches changes the program's shapes: measured on Nations (batch 256), that costs
     more than the interpreter (2.0 s against 0.6 s an epoch), which is the default here."""
     m = get_model(model)
-    if dim < 1 or epochs < 0 or negatives < 1:
-        raise ValueError(f"train: dim ({dim}) and negatives ({negatives}) must be positive and "
-                         f"epochs ({epochs}) non-negative")
-    if len(triples.train) == 0:
-        raise ValueError(f"train: knowledge graph '{triples.name}' has no training triples")
-    rng = np.random.default_rng(seed)
-    dtype = dtype or default_dtype()
+    Entity, Rel, rng, dtype = _start(triples, m, dim, epochs, "negatives", negatives, 1, seed, dtype)
     n_ent, n_rel = triples.n_entities, triples.n_relations
-    E0, W0 = init_embeddings(m, n_ent, n_rel, dim, rng)
-    Entity = from_tensor(E0, keys=("e",), dtype=dtype, name="Entity")
-    Rel = from_tensor(W0, keys=("r",), dtype=dtype, name="Rel")
     history = History(m.name, triples.name)
     scored = len(triples.split(split)) > 0  # no metrics for an empty split
     if scored:
@@ -524,17 +532,8 @@ def train_1n(triples: Triples, model: str = "distmult", dim: int = 128, epochs: 
     after ``patience`` measurements without improvement (no early stopping without a ``valid``
     split, or with ``patience=0``)."""
     m = get_model(model)
-    if dim < 1 or epochs < 0 or batch_size < 1:
-        raise ValueError(f"train: dim ({dim}) and batch_size ({batch_size}) must be positive and "
-                         f"epochs ({epochs}) non-negative")
-    if len(triples.train) == 0:
-        raise ValueError(f"train: knowledge graph '{triples.name}' has no training triples")
-    rng = np.random.default_rng(seed)
-    dtype = dtype or default_dtype()
+    Entity, Rel, rng, dtype = _start(triples, m, dim, epochs, "batch_size", batch_size, 2, seed, dtype)
     n_ent, n_rel = triples.n_entities, 2 * triples.n_relations
-    E0, W0 = init_embeddings(m, n_ent, n_rel, dim, rng)
-    Entity = from_tensor(E0, keys=("e",), dtype=dtype, name="Entity")
-    Rel = from_tensor(W0, keys=("r",), dtype=dtype, name="Rel")
     history = History(m.name, triples.name, loss="1-n")
     scored = len(triples.split(split)) > 0
     if scored:

@@ -18,7 +18,6 @@ keeps the result in JAX (no copy back from numpy).
 """
 from __future__ import annotations
 
-import functools
 import weakref
 from dataclasses import dataclass, replace
 

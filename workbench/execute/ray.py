@@ -37,7 +37,6 @@ import functools
 import time
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 import jax
 import polars as pl

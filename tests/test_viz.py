@@ -112,10 +112,11 @@ def test_explain_analyze_reports_rows_time_and_size():
     fwd, bwd = wb.plans(p.fn, *p.rels, argnums=p.argnums, analyze=True)
     text = fwd.to_text(analyze=True)
     join = next(n for n in fwd.nodes() if n.kind == "join")
-    rows = fwd.tables[join].height
-    assert rows == 8  # A has 2x2 blocks, B 2x2: 2 * 2 * 2 matched pairs
-    assert re.search(rf"F3 join.*rows={rows}  time=\d+\.\d\d ms  size=\d", text)
-    assert all(fwd.stats[n].nbytes > 0 for n in fwd.nodes())
+    # A has 2x2 blocks, B 2x2: 2 * 2 * 2 matched pairs, computed inside one block product
+    assert fwd.stats[join].rows == 8 and fwd.stats[join].fused
+    assert re.search(r"F3 join.*rows=8  fused into its consumer", text)
+    assert re.search(r"F4 aggregate.*rows=4  time=\d+\.\d\d ms  size=\d", text)
+    assert all(fwd.stats[n].nbytes > 0 for n in fwd.nodes() if not fwd.stats[n].fused)
     back = bwd.to_text(analyze=True)
     assert back.count("rows=") == len([n for n in bwd.nodes() if n.is_backward])  # once per node
     assert "rows=" in bwd.to_dot(analyze=True)

@@ -246,6 +246,7 @@ def _block_product(node: BlockProduct, inputs, ctx) -> Table:
     p = blocks.product(node.spec, x, z, inputs[2] if node.filter is not None else None)
     for join in node.replaces:  # one tuple per pair of blocks that meet, never formed
         _fused(ctx, join, p.matched)
+        _fused(ctx, getattr(join, "pairs", None), p.matched)  # a PairJoin's pairs, never built
     return Table(p.out_keys, blocks.run(p, x.values, z.values))
 
 

@@ -139,15 +139,21 @@ def is_scaling(kernel, shapes, dtype: str, scalar: int, value: int) -> bool:
 _SCALING = LRU(1024)  # kernel key -> (fn, kept alive for its id()-based key; verdict)
 
 
+def _one_output_jaxpr(fn, shapes, dtype: str):
+    """The jaxpr of ``fn`` on arguments of ``shapes``, when it traces and has one output; else
+    None (a kernel that does not trace here is simply not recognized)."""
+    try:
+        closed = jax.make_jaxpr(fn)(*[jax.ShapeDtypeStruct(tuple(s), dtype) for s in shapes])
+    except Exception:
+        return None
+    return closed.jaxpr if len(closed.jaxpr.outvars) == 1 else None
+
+
 def _trace_scaling(fn, shapes, dtype: str, scalar: int, value: int) -> bool:
     if tuple(shapes[scalar]) != ():
         return False
-    try:
-        closed = jax.make_jaxpr(fn)(*[jax.ShapeDtypeStruct(tuple(s), dtype) for s in shapes])
-    except Exception:  # a kernel that does not trace here is simply not recognized
-        return False
-    jaxpr = closed.jaxpr
-    if len(jaxpr.outvars) != 1:
+    jaxpr = _one_output_jaxpr(fn, shapes, dtype)
+    if jaxpr is None:
         return False
     out = jaxpr.outvars[0]
     made_by = {id(v): eqn for eqn in jaxpr.eqns for v in eqn.outvars}
@@ -292,12 +298,8 @@ _BLOCK_DOT = LRU(1024)  # kernel key -> (fn, kept alive for its id()-based key; 
 
 
 def _trace_block_dot(fn, shapes, dtype: str):
-    try:
-        closed = jax.make_jaxpr(fn)(*[jax.ShapeDtypeStruct(tuple(s), dtype) for s in shapes])
-    except Exception:  # a kernel that does not trace here is simply not recognized
-        return None
-    jaxpr = closed.jaxpr
-    if len(jaxpr.outvars) != 1:
+    jaxpr = _one_output_jaxpr(fn, shapes, dtype)
+    if jaxpr is None:
         return None
     made_by = {id(v): eqn for eqn in jaxpr.eqns for v in eqn.outvars}
     live, stack = [], [jaxpr.outvars[0]]  # the equations the output depends on

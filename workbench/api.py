@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import operator
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from workbench import kernels, passes, relation, sparse
@@ -177,6 +178,17 @@ def clear_caches() -> None:
 
 # ---- compiled steps ------------------------------------------------------------------------------
 
+@dataclass(eq=False)
+class _Template:
+    """A program traced and differentiated once: its argument leaves, output nodes (the value,
+    then the gradients), the argument each output is aligned with, and loop-invariant tables."""
+
+    leaves: list
+    nodes: list
+    aligned: list
+    invariants: dict
+
+
 class Compiled:
     """``jit(fn)``: ``fn`` (a relational program, or ``value_and_grad`` / ``grad`` of one) traced,
     differentiated and planned once per argument signature, then run as one XLA program.
@@ -201,23 +213,45 @@ class Compiled:
                             f"one, got {type(fn).__name__}")
         self.max_plans, self.prune = max_plans, prune
         self._plans: dict = {}  # signature -> (key frames kept alive, plan, output nodes)
+        self._templates: dict = {}  # argument schemas -> _Template
         self.timings = None
 
     def _signature(self, tables) -> tuple:
         return tuple((id(t.keys), t.height) for t in tables)
 
-    def _build(self, rels, tables):
+    def _template(self, rels):
+        """The traced and differentiated program for these arguments' schemas, made once: (the
+        leaves, the output nodes, their alignment, the loop-invariant tables so far). New keys of
+        the same schemas (a new batch) reuse it: they are neither traced nor derived again, its
+        invariant subplans are computed once, and plans of one shape share one executable
+        without tracing (``CompiledPlan(program=...)``)."""
+        schemas = tuple(r.schema for r in rels)
+        found = self._templates.get(schemas)
+        if found is not None:
+            return found, 0.0
         start = time.perf_counter()
-        what = "jit"
-        leaves, out = trace(self.f, *rels, what=what)
-        nodes, align = [out.node], [None]
+        leaves, out = trace(self.f, *rels, what="jit")
+        nodes, aligned = [out.node], [None]
         if self.grads:
-            nums = check_argnums(self.argnums, len(rels), what)
+            nums = check_argnums(self.argnums, len(rels), "jit")
             _check_scalar(out, "grad")
             nodes += gradient_nodes(out.node, seed(out.node), [leaves[i].node for i in nums])
-            align += [tables[i] for i in nums]
-        traced = time.perf_counter() - start
-        plan = CompiledPlan(nodes, [leaf.node for leaf in leaves], align, prune=self.prune)
+            aligned += list(nums)
+        template = _Template([leaf.node for leaf in leaves], nodes, aligned, {})
+        self._templates[schemas] = template
+        while len(self._templates) > self.max_plans:
+            self._templates.pop(next(iter(self._templates)))
+        return template, time.perf_counter() - start
+
+    def _build(self, rels, tables):
+        template, traced = self._template(rels)
+        # the template's leaves over these arguments' tables (their keys drive the key plan)
+        fresh = {leaf: Scan(leaf.schema, t, name=leaf.name) for leaf, t in zip(template.leaves, tables)}
+        new = passes.map_nodes(template.nodes, lambda n: fresh.get(n, n))
+        nodes = [new[n] for n in template.nodes]
+        align = [None if i is None else tables[i] for i in template.aligned]
+        plan = CompiledPlan(nodes, [fresh[leaf] for leaf in template.leaves], align, prune=self.prune,
+                            program=template, invariants=template.invariants)
         plan.timings.trace = traced
         return plan, nodes
 

@@ -277,7 +277,8 @@ _STATIC = ("spec", "mode", "x_grid", "z_grid", "out_grid", "z_first", "n_out")
 _values_jit = jax.jit(_values, static_argnames=_STATIC)
 
 
-def _static(p: Product) -> dict:
+def static(p: Product) -> dict:
+    """The parts of ``p`` a traced program depends on, besides its index arrays."""
     return dict(spec=p.spec, mode=p.mode, x_grid=p.x_grid, z_grid=p.z_grid, out_grid=p.out_grid,
                 z_first=p.z_first, n_out=p.n_out)
 
@@ -287,12 +288,12 @@ def apply_product(p: Product, x: jax.Array, z: jax.Array, x_at=None, z_at=None, 
     any index array of ``p`` (``INDEX``) may be passed in instead, e.g. as an argument of a
     compiled program, so it is not baked in as a constant."""
     return _values(x, z, p.x_at if x_at is None else x_at, p.z_at if z_at is None else z_at,
-                   p.out_at if out_at is None else out_at, **_static(p))
+                   p.out_at if out_at is None else out_at, **static(p))
 
 
 def run(p: Product, x: jax.Array, z: jax.Array) -> jax.Array:
     """``apply_product`` eagerly: one jitted program per spec and shapes, the index arrays
     passed as arguments (a new key pattern of the same shapes compiles nothing)."""
     index = {k: None if getattr(p, k) is None else jnp.asarray(getattr(p, k)) for k in INDEX}
-    return _values_jit(x, z, **index, **_static(p))
+    return _values_jit(x, z, **index, **static(p))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import jax
+import jax.extend.core as jcore
 
 from workbench.blocks import Spec as BlockSpec
 from workbench.kernels import LRU
@@ -345,6 +346,66 @@ def _trace_block_dot(fn, shapes, dtype: str):
     if len(out.aval.shape) != 2 or str(out.aval.dtype) != dtype:
         return None
     return s1, s2, cx, cz, transpose, dot.params.get("precision")
+
+
+def outer_factors(kernel, shapes, dtype: str):
+    """When ``kernel(*args)`` ends in an outer product of two vectors, ``outer(a, b)`` perhaps
+    transposed (a dot_general with no contracted and no batch axes, as the weight side of a
+    matmul's VJP is): a function of the same arguments returning ``(a, b)``; else None. A sum over
+    tuples of such a kernel is one GEMM: sum_t outer(a_t, b_t) = A^T B, contracting the tuple
+    axis. Decided from the traced program, never from names."""
+    key = (kernel.key, kernel.arity, tuple(map(tuple, shapes)), dtype)
+    return _OUTER.get_or_make(key, lambda: (kernel.fn, _trace_outer_factors(kernel.fn, shapes, dtype)))
+
+
+_OUTER = LRU(1024)  # kernel key -> (fn, kept alive for its id()-based key; verdict)
+
+
+def _trace_outer_factors(fn, shapes, dtype: str):
+    try:
+        closed = jax.make_jaxpr(fn)(*[jax.ShapeDtypeStruct(tuple(s), dtype) for s in shapes])
+    except Exception:
+        return None
+    jaxpr = closed.jaxpr
+    if len(jaxpr.outvars) != 1:
+        return None
+    made_by = {id(v): eqn for eqn in jaxpr.eqns for v in eqn.outvars}
+    out = var = jaxpr.outvars[0]
+    flipped = False
+    eqn = made_by.get(id(var))
+    if eqn is not None and eqn.primitive.name == "transpose" and tuple(eqn.params["permutation"]) == (1, 0):
+        var, flipped = eqn.invars[0], True
+    prod = made_by.get(id(var))
+    if prod is None or len(prod.invars) != 2:
+        return None
+    if prod.primitive.name == "dot_general":  # jnp.outer-like: no contracted, no batch axes
+        (lc, rc), (lb, rb) = prod.params["dimension_numbers"]
+        preferred = prod.params.get("preferred_element_type")
+        if lc or rc or lb or rb or (preferred is not None and str(preferred) != dtype):
+            return None
+        a, b = prod.invars
+    elif prod.primitive.name == "mul":  # a[:, None] * b[None, :]
+        column = {}  # the axis each operand's vector runs along
+        for v in prod.invars:
+            eqn = made_by.get(id(v))
+            if (eqn is None or eqn.primitive.name != "broadcast_in_dim" or len(v.aval.shape) != 2
+                    or len(eqn.params["broadcast_dimensions"]) != 1):
+                return None
+            axis = eqn.params["broadcast_dimensions"][0]
+            if v.aval.shape[1 - axis] != 1:
+                return None
+            column[axis] = eqn.invars[0]
+        if set(column) != {0, 1}:
+            return None
+        a, b = column[0], column[1]
+    else:
+        return None
+    if flipped:
+        a, b = b, a  # out = outer(a, b)
+    if any(not isinstance(v, jcore.Var) or len(v.aval.shape) != 1 or str(v.aval.dtype) != dtype
+           for v in (a, b)) or str(out.aval.dtype) != dtype:
+        return None
+    return jcore.jaxpr_as_fun(jcore.ClosedJaxpr(jaxpr.replace(outvars=[a, b]), closed.consts))
 
 
 def _block_spec(kernel, operands, by: dict, schema):

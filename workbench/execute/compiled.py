@@ -79,6 +79,7 @@ class Timings:
     invariant_nodes: int = 0  # nodes computed once, before the first call
     rows_full: int = 0  # rows of the value steps before pruning
     rows_computed: int = 0  # rows of the value steps after pruning
+    traced: bool = False  # the value program was traced for this plan (not reused from another)
 
     def __str__(self) -> str:
         return (f"trace and derive {self.trace * 1e3:.1f} ms, optimize {self.optimize * 1e3:.1f} ms, key plan {self.keys * 1e3:.1f} ms, "
@@ -188,8 +189,16 @@ class CompiledPlan:
     semi-join reduction)."""
 
     def __init__(self, outputs: Sequence[Node], arguments: Sequence[Scan],
-                 align: Sequence[Table | None] | None = None, rules=RULES, prune: bool = True):
+                 align: Sequence[Table | None] | None = None, rules=RULES, prune: bool = True,
+                 program=None, invariants: dict | None = None):
         self.timings = Timings()
+        # ``program``: a token naming the traced plan this one was made from (the same program
+        # over other keys). Two plans of one token whose value steps make the same decisions
+        # (``self.static``) over arrays of the same shapes trace to the same XLA program, so the
+        # second reuses the first's executable without tracing. ``invariants``: loop-invariant
+        # tables already computed for that program, by node (filled in here).
+        self.program = program
+        self.static: list = []
         start = time.perf_counter()
         arguments_set = set(arguments)
 
@@ -213,7 +222,11 @@ class CompiledPlan:
         frontier += [o for o in physical if o not in dynamic]
         frontier = list(dict.fromkeys(frontier))
         ctx = LocalContext()
+        if invariants is not None:
+            ctx.memo.update({n: t for n, t in invariants.items() if n in set(order)})
         LocalExecutor().execute(frontier, ctx)
+        if invariants is not None:
+            invariants.update({n: ctx.memo[n] for n in frontier if not isinstance(n, Scan)})
         self.timings.invariants = time.perf_counter() - start
         self.timings.invariant_nodes = sum(1 for n in ctx.memo if not isinstance(n, Scan))
 
@@ -469,10 +482,15 @@ class CompiledPlan:
         n_in = [heights[i] for i in node.inputs]
         if isinstance(spec, _Empty):
             shape, dtype = spec.shape, spec.dtype
+            self.static.append(("empty", shape, str(dtype)))
             return lambda values, index: jnp.zeros(shape, dtype)
         if isinstance(spec, _Map):
             return self._map_step(spec, n_in)
         if isinstance(spec, _Sum):
+            if spec.source is not None and spec.ids is None:
+                step = self._outer_sum_step(spec.source, n_in, spec.counts)
+                if step is not None:
+                    return step
             if spec.source is not None:
                 per_tuple = self._map_step(spec.source, n_in)
             else:
@@ -481,6 +499,7 @@ class CompiledPlan:
             return self._sum_step(per_tuple, spec.ids, spec.g, spec.counts)
         if isinstance(spec, _AlignedAdd):
             how = [_index(r, h, spec.n, self.index) for r, h in zip(spec.reads, n_in)]
+            self.static.append(("add", tuple(how), spec.n))
 
             def add_aligned(values, index):
                 terms = [v if mode != GATHER else v[index[slot]] for v, (mode, slot) in zip(values, how)]
@@ -496,6 +515,8 @@ class CompiledPlan:
                 if array is not None:
                     self.index.append(array)
                     slots[name] = len(self.index) - 1
+            self.static.append(("product", p.shape, p.out_keys.height, p.value_shape,
+                                tuple(sorted(slots.items()))))
 
             def product_step(values, index):
                 return sparse.apply_product(p, values[1], **{k: index[i] for k, i in slots.items()})
@@ -507,6 +528,8 @@ class CompiledPlan:
                 if array is not None:
                     self.index.append(array)
                     slots[name] = len(self.index) - 1
+            self.static.append(("blocks", tuple(sorted(blocks.static(p).items())),
+                                tuple(sorted(slots.items()))))
 
             def block_step(values, index):
                 return blocks.apply_product(p, values[0], values[1],
@@ -520,6 +543,7 @@ class CompiledPlan:
         shape, dtype = node.schema.value_shape, node.schema.dtype
         how = [_index(r, h, n, self.index) if spec.read(i) else (ALL, None)
                for i, (r, h) in enumerate(zip(spec.reads, n_in))]
+        self.static.append(("map", n, tuple(how)))
 
         def read(values, index, i):
             mode, slot = how[i]
@@ -548,6 +572,55 @@ class CompiledPlan:
 
         return step
 
+    def _outer_sum_step(self, spec: _Map, n_in: list[int], counts):
+        """The sum over every tuple of a kernel that ends in an outer product of two per-tuple
+        vectors (the weight side of a matmul's VJP) as one GEMM: sum_t outer(a_t, b_t) = A^T B,
+        A and B the vectors of every tuple. XLA would otherwise build and reduce the batch of
+        outer products. The GEMM writes its longer axis last; the result is transposed after."""
+        node, kernel, n = spec.node, spec.kernel, spec.n
+        if kernel is None or n == 0:
+            return None
+        factors = passes.outer_factors(kernel, [i.schema.value_shape for i in node.inputs],
+                                       node.schema.dtype)
+        if factors is None:
+            return None
+        dtype = node.schema.dtype
+        how = [_index(r, h, n, self.index) if spec.read(i) else (ALL, None)
+               for i, (r, h) in enumerate(zip(spec.reads, n_in))]
+        batched = [i for i, (mode, _) in enumerate(how) if kernel.uses[i] and mode != SHARED]
+        if not batched:  # one evaluation for every tuple: the general sum step broadcasts it
+            return None
+        mean = None
+        if counts is not None:  # a mean over all tuples: divide by their number
+            self.index.append(np.maximum(np.asarray(counts[:1]), 1))
+            mean = len(self.index) - 1
+        self.static.append(("outer", n, tuple(how), mean))
+        contract = (((0,), (0,)), ((), ()))
+
+        def step(values, index):
+            args, axes = [], []
+            for i, (mode, slot) in enumerate(how):
+                if not kernel.uses[i]:  # an argument the kernel never reads: one zero, shared
+                    args.append(jnp.zeros(node.inputs[i].schema.value_shape, dtype))
+                    axes.append(None)
+                elif mode == SHARED:
+                    args.append(values[i][0])
+                    axes.append(None)
+                else:
+                    args.append(values[i] if mode == ALL else values[i][index[slot]])
+                    axes.append(0)
+            a, b = jax.vmap(factors, in_axes=tuple(axes), out_axes=0)(*args)
+            if a.shape[1] <= b.shape[1]:
+                total = jax.lax.dot_general(a, b, contract)  # (p, q) = A^T B
+            else:  # B^T A with its long axis last, then (B^T A)^T = A^T B, kept in that order
+                total = jax.lax.optimization_barrier(jax.lax.dot_general(b, a, contract)).T
+            total = total[None]
+            if mean is not None:
+                total = total / index[mean][0]
+            return total
+
+        return step
+
     def _sum_step(self, per_tuple, ids, g: int, counts):
         """segment_sum of ``per_tuple``'s output by ``ids`` into ``g`` groups (all into one when
         ``ids`` is None; ids out of range are dropped); a mean divides by ``counts``."""
@@ -557,7 +630,11 @@ class CompiledPlan:
             self.index.append(np.asarray(ids, np.int32 if g < 2**31 - 1 else np.int64))
             slot = len(self.index) - 1
             sorted_ids = bool(len(ids) < 2 or np.all(np.diff(ids) >= 0))
-        mean = None if counts is None else np.maximum(counts, 1)
+        mean = None
+        if counts is not None:  # group sizes, for a mean
+            self.index.append(np.maximum(counts, 1))
+            mean = len(self.index) - 1
+        self.static.append(("sum", slot, sorted_ids, g, mean))
 
         def step(values, index):
             out = per_tuple(values, index)
@@ -567,7 +644,7 @@ class CompiledPlan:
                 total = jax.ops.segment_sum(out, index[slot], num_segments=g,
                                             indices_are_sorted=sorted_ids)
             if mean is not None:  # mean = sum / |group|
-                total = total / jnp.asarray(mean).reshape((g,) + (1,) * (total.ndim - 1))
+                total = total / index[mean].reshape((g,) + (1,) * (total.ndim - 1))
             return total
 
         return step
@@ -612,15 +689,27 @@ class CompiledPlan:
             self._fixed = (tuple(jnp.asarray(c) for c in self.constants),
                            tuple(jnp.asarray(i) for i in self.index))
             start = time.perf_counter()
-            lowered = self._fn.lower(tuple(jnp.asarray(a) for a in arguments), *self._fixed)
-            # a plan rebuilt for new keys of the same shapes (a new batch) lowers to the same
-            # program: its executable is reused. The kernels' fingerprints are part of the key, so
-            # state a kernel captures never hides behind the program text, and so are the
-            # arguments' structure and shapes (inputs a program never reads leave no text).
+            arguments = tuple(jnp.asarray(a) for a in arguments)
+            # The kernels' fingerprints are part of every key, so state a kernel captures never
+            # hides behind a program, and so are the shapes of everything passed in.
             kernels = tuple(n.kernel.key for n in self._kernel_nodes)
-            key = (hashlib.sha256(lowered.as_text().encode()).digest(), kernels, lowered.in_tree,
-                   tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves(lowered.args_info)))
-            self._compiled = _EXECUTABLES.get_or_make(key, lambda: (None, lowered.compile()))
+            shapes = tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves((arguments, self._fixed)))
+
+            def lower_and_compile():
+                self.timings.traced = True
+                lowered = self._fn.lower(arguments, *self._fixed)
+                # a plan rebuilt for new keys of the same shapes (a new batch) lowers to the same
+                # program: its executable is reused (inputs a program never reads leave no text)
+                key = (hashlib.sha256(lowered.as_text().encode()).digest(), kernels, lowered.in_tree,
+                       tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves(lowered.args_info)))
+                return None, _EXECUTABLES.get_or_make(key, lambda: (None, lowered.compile()))
+
+            if self.program is None:
+                self._compiled = lower_and_compile()[1]
+            else:  # the same program over other keys, deciding alike: no tracing at all
+                decisions = (self.program, tuple(self.static), tuple(self.aligned),
+                             tuple(self.slot_of.values()), kernels, shapes)
+                self._compiled = _EXECUTABLES.get_or_make(decisions, lower_and_compile)
             self.timings.compile = time.perf_counter() - start
         values = self._compiled(tuple(arguments), *self._fixed)
         return [Table(k, v) for k, v in zip(self.out_keys, values)]

@@ -7,6 +7,7 @@ from workbench.kernels import Kernel
 from workbench.ops import aggregate, join, select
 from workbench.relation import Relation, from_frame, from_matrix, from_tensor, to_matrix
 from workbench.rjp import RJP_RULES, backward, gradient_nodes, seed
+from workbench.sql import SQLError, sql
 from workbench.viz import Plan, Plans, render
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "RelationError", "PlanError", "KernelError",
     "vjp", "grad", "value_and_grad", "jit", "plans", "trace", "backward", "gradient_nodes", "seed",
     "RJP_RULES", "Executor", "LocalExecutor", "render", "explore", "clear_caches",
+    "sql", "SQLError",
 ]
 __version__ = "0.1.0"

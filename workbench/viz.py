@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import jax
 
 from workbench.plan import Node, toposort
+from workbench.sqlrender import SQLScript, plan_to_sql
 
 # ---- plans ----------------------------------------------------------------------------------
 
@@ -46,6 +47,11 @@ class Plan:
 
     def to_dot(self, analyze: bool = False) -> str:
         return plan_to_dot(self, analyze=analyze)
+
+    def to_sql(self, output: int | str | None = None) -> SQLScript:
+        """The plan as SQL, one CTE per node (named as in ``to_text``) and one statement per
+        output (or only ``output``); ``wb.sql`` reads it back (see ``workbench.sqlrender``)."""
+        return plan_to_sql(self.outputs, self.names, Numbering.of(self).ids, output)
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         return mimebundle(self)

@@ -7,8 +7,7 @@ from pathlib import Path
 README = Path(__file__).parent.parent / "README.md"
 
 
-def test_opening_example_prints_what_it_shows():
-    code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
+def _prints_what_it_shows(code: str):
     expected = [m.group(1).strip() for line in code.splitlines()
                 if line.lstrip().startswith("print(") and (m := re.search(r"#\s*(.+)$", line))]
     assert expected, "the example shows no printed output"
@@ -22,6 +21,15 @@ def test_opening_example_prints_what_it_shows():
             assert abs(float(got) - float(want)) <= 1e-9 * abs(float(want)), (got, want)
         else:
             assert got == want
+
+
+def test_opening_example_prints_what_it_shows():
+    _prints_what_it_shows(re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1))
+
+
+def test_sql_example_prints_what_it_shows():
+    section = README.read_text().split("\n## SQL\n", 1)[1]
+    _prints_what_it_shows(re.search(r"```python\n(.*?)```", section, re.S).group(1))
 
 
 def test_plan_listing_in_the_readme_is_current():

@@ -39,7 +39,9 @@ forward, backward = wb.plans(matmul.fn, *matmul.rels, argnums=(0, 1))
 # %% [markdown]
 # ## Text: an EXPLAIN-like listing
 # Each line shows the node's number (`F` forward, `B` backward), operator, parameters (`on`,
-# `keys`, `by`, kernel name, predicate) and output schema: keys, value shape and dtype.
+# `keys`, `by`, kernel, predicate) and output schema: keys, value shape and dtype. A kernel is
+# labelled with what it computes: its function's name (`matmul`), or the expression of a lambda
+# (`sum(v ** 2)`), or the derivative the RJP rule made of it (`vjp(sum(v ** 2))`).
 # A backward node names the forward operator whose RJP rule emitted it, and the forward
 # results it reads appear as leaves marked `[forward result]`.
 
@@ -52,7 +54,9 @@ print(backward.to_text())
 # ## Pictures
 # Shapes and colours tell the operators apart (scan: cylinder, select: rounded box, join:
 # hexagon, aggregate: trapezium, add: ellipse); backward nodes have a red border; edges carry the
-# schema that flows along them.
+# schema that flows along them. A picture wider than the notebook is scaled down to its width:
+# the buttons above it zoom in and out, go back to the fitted view, or show it at actual size,
+# and dragging pans.
 
 # %%
 forward
@@ -62,9 +66,9 @@ backward
 
 # %% [markdown]
 # ## Forward and backward side by side
-# The backward nodes are grouped by the forward operator whose RJP rule generated them. A dashed
-# arrow marks every place where the backward plan reads a forward intermediate instead of
-# recomputing it.
+# Each backward node names the forward operator whose RJP rule generated it (`RJP of F3 join`).
+# Where the backward plan reads a forward intermediate instead of recomputing it, a small dashed
+# node named after that result (`F4`) sits beside the reader.
 
 # %%
 both = wb.plans(matmul.fn, *matmul.rels, argnums=(0, 1))
@@ -74,7 +78,7 @@ both
 # ## EXPLAIN ANALYZE
 # With `analyze=True` both plans run once, and every node reports its row count, wall time and
 # output size. The first run of a kernel includes its JAX compilation; run again to see warm
-# times.
+# times. `view` shows a plan with options, here the statistics, fitted to the notebook's width.
 
 # %%
 gcn = programs.gcn(np.random.default_rng(0))
@@ -84,14 +88,14 @@ analyzed = wb.plans(gcn.fn, *gcn.rels, argnums=gcn.argnums, analyze=True)  # war
 print(analyzed.forward.to_text(analyze=True))
 
 # %%
-from IPython.display import SVG
-
-SVG(wb.render(analyzed, format="svg", analyze=True))
+analyzed.view(analyze=True)
 
 # %% [markdown]
 # ## Step through the derivation
 # The explorer replays the backward loop one forward operator at a time, in reverse topological
-# order. Choose a node to see its schema, its first tuples, and the jaxpr of its kernel and of
+# order: the slider sets the step, the current forward operator and the nodes its rule emitted
+# are outlined in orange, and the picture is fitted to the window so the backward plan stays in
+# view. Choose a node to see its schema, its first tuples, and the jaxpr of its kernel and of
 # the kernel's VJP.
 
 # %%

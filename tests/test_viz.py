@@ -11,6 +11,7 @@ import pytest
 
 import workbench as wb
 from workbench import programs, viz
+from workbench.explore import HEIGHT
 from workbench.plan import toposort
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -71,11 +72,21 @@ def test_dot_styles_forward_and_backward_nodes_differently():
     for kind, (shape, _, _) in viz.STYLE.items():
         if kind != "add":
             assert f"shape={shape}" in dot
-    # one dashed link per place the backward plan reads a forward intermediate
+    # one dashed link per place the backward plan reads a forward intermediate, from a reference
+    # node inside the backward plan, never an arc from the forward plan itself
     reads = {(i, n) for n in both.backward.nodes() if n.is_backward for i in n.inputs if not i.is_backward}
     assert dot.count("style=dashed, color=") == len(reads)
-    # one cluster per forward operator whose RJP rule emitted nodes
-    assert dot.count("subgraph cluster_rjp_") == len(viz.rule_order(*both))
+    num = viz.Numbering.of(both.backward)
+    backward_cluster = dot[dot.index("subgraph cluster_backward"):]
+    for i, n in reads:
+        assert re.search(rf'^\s+{num[i]}_{num[n]} \[label="{num[i]}"', backward_cluster, re.M)
+        assert f"  {num[i]}_{num[n]} -> {num[n]} [style=dashed" in dot
+    assert not re.search(r"^\s+F\d+ -> B\d+", dot, re.M)
+    # every backward node names the forward operator whose RJP rule emitted it
+    for n in both.backward.nodes():
+        if n.is_backward:
+            assert re.search(rf"^\s+{num[n]} \[label=<.*RJP of {num[n.origin]} {n.origin.kind}<", dot, re.M)
+    assert {f"RJP of {num[o]}" for o in viz.rule_order(*both)} == set(re.findall(r"RJP of F\d+", dot))
 
 
 def test_edges_carry_the_schema():
@@ -105,6 +116,50 @@ def test_plans_display_inline_in_jupyter():
     for obj in (both.forward, both.backward, both):
         bundle = obj._repr_mimebundle_()
         assert "<svg" in bundle["image/svg+xml"] and bundle["text/plain"]
+        assert '<div class="wb-plan"' in bundle["text/html"]
+
+
+def test_the_viewer_fits_the_picture_to_the_width_and_zooms():
+    _, both = example_plans("gcn")
+    svg = wb.render(both).decode()
+    w, h = map(float, re.search(r'<svg width="([\d.]+)pt" height="([\d.]+)pt"', svg).groups())
+    page = viz.html_view(svg)
+    # scaled down to the container's width, never up, keeping the aspect ratio
+    assert f"width: min(100%, {w}pt); height: auto; aspect-ratio: {w:.2f} / {h:.2f}" in page
+    assert page.count("<svg") == 1 and page.count("</svg>") == 1
+    for title in ("zoom out", "zoom in", "fit to the view", "actual size"):
+        assert f'<button title="{title}"' in page
+    assert "onmousemove=" in page and "overflow: auto" in page
+    # with a height, also scaled down to it: the whole plan in view
+    assert f"min(100%, {w}pt, calc(60vh * {w / h:.4f}))" in viz.html_view(svg, height="60vh")
+    p, _ = example_plans("matmul")
+    run = wb.plans(p.fn, *p.rels, argnums=p.argnums, analyze=True)
+    bundle = run.view(analyze=True)._repr_mimebundle_()
+    assert "rows=" in bundle["text/plain"] and "rows, " in bundle["text/html"]
+
+
+def test_kernels_are_labelled_with_what_they_compute():
+    _, gcn = example_plans("gcn")
+    text, dot = gcn.to_text(), gcn.to_dot()
+    assert "kernel: e * v" in text and "kernel: relu(v @ m)" in text  # module prefixes dropped
+    assert "kernel: matmul" in text  # a named function keeps its name
+    assert "<BR/>relu(v @ m)>" in dot and "<BR/>vjp_right(e * v)<BR/>" in dot  # compact labels
+    assert "vjp_right(e * v)" in text and "vjp_left(relu(v @ m))" in text  # derived kernels
+    assert "vjp_left(-sum(y * log_softmax(z…" in text  # long labels end in an ellipsis
+    for name in programs.FIGURES:
+        for view in ("forward", "backward", "combined"):
+            for ext in ("txt", "dot"):
+                assert not re.search(r"\blambda\b", (GOLDEN / f"{name}_{view}.{ext}").read_text())
+    X = wb.from_tensor(np.ones((3, 2)), keys=("i",))
+    scale = 2.0
+    S = wb.select(X, kernel=lambda v: (scale
+                                       * jnp.tanh(v)))  # a lambda over two lines
+    assert viz.kernel_label(S.node.kernel) == "scale * tanh(v)"
+    namespace = {"jnp": jnp}
+    exec("f = lambda v: jnp.sin(v) * v", namespace)  # no source to read: its jaxpr's primitives
+    T = wb.select(X, kernel=namespace["f"])
+    assert viz.node_params(T.node)["kernel"] == "sin, mul"
+    assert len(viz.kernel_label(S.node.kernel, width=8)) == 8
 
 
 def test_explain_analyze_reports_rows_time_and_size():
@@ -140,6 +195,11 @@ def test_explorer_steps_through_the_derivation():
     assert ex.choose.value == ex.num[order[0]]
     assert "<svg" in ex.graph.value and "RJP of F6 aggregate" in ex.graph.value
     assert "RJP of F3 join" not in ex.graph.value
+    # the current rule's forward node and the nodes it emitted are marked for the eye (and CSS)
+    assert re.search(r'<g id="node\d+" class="node highlight">\s*<title>F6</title>', ex.graph.value)
+    emitted = [ex.num[n] for n in ex.backward.nodes() if n.is_backward and n.origin is order[0]]
+    assert sorted(re.findall(r'class="node current">\s*<title>(B\d+)</title>', ex.graph.value)) == sorted(emitted)
+    assert f"calc({HEIGHT} *" in ex.graph.value  # fitted to the window's height too
     ex.choose.value = "F3"  # join Rx with theta: kernel jnp.dot
     detail = ex.detail.value
     assert "kernel</b> dot" in detail and "dot_general" in detail and "its VJP" in detail

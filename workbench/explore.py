@@ -1,5 +1,6 @@
 """The interactive explorer (ipywidgets): step through a backward derivation one RJP rule at a
-time and inspect any node."""
+time and inspect any node. The forward and backward plans are drawn side by side and fitted to
+the notebook's width and to ``HEIGHT`` of the window, so the whole backward plan is in view."""
 from __future__ import annotations
 
 import html
@@ -8,7 +9,10 @@ from dataclasses import dataclass
 
 from workbench.api import plans
 from workbench.plan import toposort
-from workbench.viz import Numbering, own_name, combined_to_dot, node_details, render, rule_order
+from workbench.viz import (Numbering, combined_to_dot, html_view, node_details, own_name, render,
+                           rule_order)
+
+HEIGHT = "70vh"  # the picture's largest height: the slider, caption and picture fit one screen
 
 
 class Explorer:
@@ -22,19 +26,23 @@ class Explorer:
         self.order = rule_order(self.forward, self.backward)
         self.num = Numbering.of(self.backward)
         self.step = widgets.IntSlider(value=len(self.order), min=0, max=len(self.order),
-                                      description="RJP step", continuous_update=False)
+                                      description="RJP step", continuous_update=False,
+                                      layout=widgets.Layout(width="420px"))
         self.caption = widgets.HTML()
-        self.graph = widgets.HTML()
+        self.graph = widgets.HTML(layout=widgets.Layout(flex="1 1 62%"))
         nodes = toposort(list(self.forward.outputs)) + [
             n for n in toposort(list(self.backward.outputs)) if n.is_backward]
         self.nodes = {self.num[n]: n for n in nodes}
         self.choose = widgets.Dropdown(options=[(f"{k} {n.kind} {own_name(n)}".strip(), k)
                                                 for k, n in self.nodes.items()],
                                        description="node")
-        self.detail = widgets.HTML()
+        self.detail = widgets.HTML(layout=widgets.Layout(flex="1 1 38%", max_height=HEIGHT,
+                                                         overflow="auto", padding="0 0 0 12px"))
         self.step.observe(lambda change: self.show_step(change["new"]), names="value")
         self.choose.observe(lambda change: self.show_node(change["new"]), names="value")
-        self.widget = widgets.VBox([self.step, self.caption, self.graph, self.choose, self.detail])
+        self.widget = widgets.VBox([widgets.HBox([self.step, self.choose]), self.caption,
+                                    widgets.HBox([self.graph, self.detail])])  # picture | details
+        self.widget.add_class("wb-explorer")
         self.show_step(self.step.value)
         self.show_node(self.choose.value)
 
@@ -51,7 +59,7 @@ class Explorer:
         dot = combined_to_dot(self.forward, self.backward, analyze=self.backward.stats is not None,
                               upto=k, highlight=current)
         if shutil.which("dot") is not None:
-            self.graph.value = render(_Source(dot), format="svg").decode()
+            self.graph.value = html_view(render(_Source(dot), format="svg").decode(), height=HEIGHT)
         else:
             self.graph.value = f"<pre>{html.escape(dot)}</pre>"
         if current is not None:

@@ -40,38 +40,57 @@ import jax.numpy as jnp
 import numpy as np
 
 import workbench as wb
+from workbench import references
 from workbench.check import against_jax
 from workbench.datasets import graphs
 from workbench.models import gcn
 
+FIGURES = Path("..") / "figures"
+
 # %% [markdown]
-# ## Zachary's karate club
+# ## Zachary's karate club, labels on two nodes
 #
 # 34 members, 78 friendships, two clubs after the split. Features are one-hot node ids (as in
-# Kipf and Welling); four members of each club are labelled for training.
+# Kipf and Welling). Only the two leaders are labelled: Mr. Hi (node 0) and the Officer (node
+# 33). After 200 epochs the test set is the other 32 members. The reference GCN gets 31 of
+# the 32 right (0.968; its mean over 100 seeds is 0.9681).
 
 # %%
-karate = graphs.karate_club(seed=0)
+karate = gcn.karate()
 print(karate)
 print(karate.source)
 
 # %%
 start = time.perf_counter()
-history = gcn.train(karate, hidden=16, epochs=60, lr=0.05, dropout=0.5, seed=0, dtype="float32")
-print(f"{time.perf_counter() - start:.1f} s in all (the first epoch compiles the kernels)")
-print(history.table(every=5))
-
-# %%
-best = history.best_epoch
-print(f"final test accuracy {history.test_acc[-1]:.3f}; at the best validation epoch ({best + 1}): "
-      f"{history.test_acc[best]:.3f}")
+history = gcn.train(karate, seed=0, dtype="float32", progress=True)
+print(f"{time.perf_counter() - start:.1f} s for {history.epochs} epochs (the first compiles the step)")
+print(history.table(every=50))
 
 # %% [markdown]
-# ## A Cora-sized synthetic graph
+# The training curves of ten seeds (initial weights and dropout masks), the mean test accuracy
+# beside the reference:
+
+# %%
+runs = [history] + [gcn.train(karate, seed=s, dtype="float32") for s in range(1, 10)]
+finals = [h.test_acc[-1] for h in runs]
+print("test accuracy per seed:", [f"{a:.3f}" for a in finals])
+print(f"mean over {len(runs)} seeds: {np.mean(finals):.4f}; reference {references.GCN_REFERENCE}")
+epochs = list(range(1, history.epochs + 1))
+fig = references.draw(
+    [references.Curve("training loss (mean of 10 seeds)", "loss", epochs, np.mean([h.loss for h in runs], axis=0)),
+     references.Curve("test accuracy, 32 nodes (mean of 10 seeds)", "accuracy", epochs,
+                      np.mean([h.test_acc for h in runs], axis=0), references.GCN_REFERENCE,
+                      f"reference {references.GCN_REFERENCE}")],
+    "GCN, karate club, labels on nodes 0 and 33", FIGURES / "notebook_gcn_karate.png")
+
+# %% [markdown]
+# ## A Cora-sized synthetic graph: for speed, not accuracy
 #
 # Not Cora: a stochastic block model with Cora's size (2,708 nodes, 5,278 undirected edges,
 # 1,433 features, 7 classes) and about its edge homophily (0.81), with Gaussian features around a
-# class mean. Real Cora cannot be downloaded here; see the last section for files you supply.
+# class mean. It is here to time an epoch at Cora's size; its accuracies say nothing about
+# Cora (the model fits the 140 training nodes and the test accuracy only shows it learns more
+# than chance). Real Cora cannot be downloaded here; see the last section for files you supply.
 
 # %%
 cora_like = graphs.synthetic_like("cora", seed=0)
@@ -80,11 +99,11 @@ print("edge homophily:", round(float(np.mean(cora_like.labels[cora_like.src] == 
 
 # %%
 start = time.perf_counter()
-history = gcn.train(cora_like, hidden=16, epochs=30, lr=0.05, seed=0, dtype="float32")
+history = gcn.train(cora_like, hidden=16, epochs=30, lr=0.05, seed=0, dtype="float32", progress=True)
 print(f"{time.perf_counter() - start:.1f} s in all; median training epoch "
-      f"{np.median(history.seconds[1:]) * 1000:.0f} ms")
-print(history.table(every=3))
-print("chance:", round(1 / cora_like.n_classes, 3))
+      f"{np.median(history.seconds[1:]) * 1000:.0f} ms (forward, relational backward, Adam)")
+print(f"after 30 epochs (a sanity check, not a benchmark of accuracy): train accuracy "
+      f"{history.train_acc[-1]:.3f}, test {history.test_acc[-1]:.3f}, chance {1 / cora_like.n_classes:.3f}")
 
 # %% [markdown]
 # ## The gradient, against the JAX twin
@@ -156,5 +175,5 @@ try:
 except FileNotFoundError as missing:
     print(missing)
 else:
-    history = gcn.train(cora, epochs=100, lr=0.01, seed=0, dtype="float32")
-    print(history.table(every=10))
+    history = gcn.train(cora, epochs=200, seed=0, dtype="float32", progress=True)
+    print(history.table(every=20))

@@ -84,7 +84,7 @@ def _tiny_graph(rng, n_ent=6, n_rel=3, dim=4, k=3):
     return triples, corrupted, E, W
 
 
-@pytest.mark.parametrize("name", ["transe", "distmult"])
+@pytest.mark.parametrize("name", ["transe", "transe-l1", "distmult"])
 def test_gradients_equal_the_jax_twin(rng, name):
     m = kge.get_model(name)
     triples, corrupted, E, W = _tiny_graph(rng)

@@ -25,7 +25,7 @@ def test_reciprocal_adds_the_inverse_queries():
     np.testing.assert_array_equal(q, [[0, 1, 2], [3, 0, 4], [2, 6, 0], [4, 5, 3]])
 
 
-@pytest.mark.parametrize("name", ["transe", "distmult"])
+@pytest.mark.parametrize("name", ["transe", "transe-l1", "distmult"])
 @pytest.mark.parametrize("padded", [False, True])
 def test_1n_loss_and_gradients_equal_the_jax_twin(rng, name, padded):
     m = kge.get_model(name)
@@ -39,6 +39,22 @@ def test_1n_loss_and_gradients_equal_the_jax_twin(rng, name, padded):
     report = check.against_jax(loss, kge.one_n_loss_twin(m, queries), Entity, Rel, rtol=1e-9)
     assert report.ok, str(report)
     assert [r.quantity for r in report.rows] == ["output", "grad Entity", "grad Rel"]
+
+
+def test_transe_1n_gradient_is_finite_where_a_query_hits_an_entity(rng):
+    """x = e_h + w_r equal to an entity's vector: ||x - e|| = 0, where sqrt has an infinite slope.
+    The distance is floored at 1e-12 inside the square root, so the gradient stays finite, and
+    elsewhere it equals the twin's."""
+    m = kge.get_model("transe")
+    E, W = rng.normal(size=(4, 3)), rng.normal(size=(2, 3))
+    W[0] = E[1] - E[0]  # (0, 0, ?) lands exactly on entity 1
+    queries = np.array([[0, 0, 2], [2, 1, 3]])
+    Q = kge.queries_relation(queries, 4, 2)
+    value, (gE, gW) = wb.value_and_grad(kge.one_n_loss_program(m, Q, kge.one_hot_relation(4)),
+                                        argnums=(0, 1))(wb.from_tensor(E, keys=("e",)), wb.from_tensor(W, keys=("r",)))
+    assert np.isfinite(gE.to_tensor()).all() and np.isfinite(gW.to_tensor()).all()
+    want = float(kge.one_n_loss_twin(m, queries)(E, W))
+    assert float(value.to_tensor()) == pytest.approx(want, rel=1e-5)
 
 
 def test_1n_loss_is_stable_for_large_scores(rng):
@@ -105,6 +121,14 @@ def test_1n_training_on_nations_beats_random_embeddings():
     assert [e for e, _ in h.validation] == [2, 4] and h.best_epoch in (2, 4)
     assert h.metrics.mrr > h.initial.mrr + 0.1
     assert np.isfinite(h.metrics.head_mrr) and np.isfinite(h.metrics.tail_mrr)
+
+
+def test_transe_l1_1n_training_on_nations_beats_random_embeddings():
+    T = knowledge.load("nations")
+    h = kge.train(T, model="transe-l1", dim=16, epochs=3, lr=0.02, batch_size=512, seed=0,
+                  normalize=False, eval_every=0)
+    assert h.model == "TransE-L1" and h.losses[-1] < h.losses[0]
+    assert h.metrics.mrr > h.initial.mrr + 0.05
 
 
 def test_unknown_loss_is_refused():

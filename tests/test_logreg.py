@@ -131,3 +131,9 @@ def test_lbfgs_on_a_quadratic():
 def test_bad_block():
     with pytest.raises(ValueError, match="block"):
         logreg.to_relations(np.zeros((3, 2)), np.zeros(3), block=0)
+
+
+def test_test_accuracy_is_recorded_every_iteration(data, history):
+    assert len(history.test_acc_curve) == history.iterations + 1
+    assert history.test_acc_curve[-1] == history.test_acc
+    assert history.test_acc_curve[0] < history.test_acc  # w = 0, b = 0 predicts one class

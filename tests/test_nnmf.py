@@ -192,3 +192,12 @@ def test_training_recovers_a_noiseless_low_rank_matrix(method, steps):
 def test_train_refuses_an_unknown_method(lesmis):
     with pytest.raises(ValueError, match="'projected', 'multiplicative'"):
         nnmf.train(lesmis, rank=2, method="als")
+
+
+def test_scipy_reference_minimizes_the_same_objective():
+    """scipy's L-BFGS-B on the dense twin, from train's start: on exact rank-2 data it fits the
+    observed entries, and its loss is the twin's loss at its RMSE (no penalty)."""
+    m = matrices.low_rank(30, 20, 2, density=0.5, noise=0.0, seed=1)
+    ref = nnmf.reference(m, rank=2, max_iter=2000)
+    assert ref.rmse < 1e-2 * np.sqrt(np.mean(m.values ** 2)), ref
+    assert ref.loss == pytest.approx(ref.rmse ** 2 * m.nnz, rel=1e-6, abs=1e-12)

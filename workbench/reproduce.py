@@ -29,8 +29,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from workbench import api, grid  # noqa: E402
-from workbench.datasets import graphs  # noqa: E402
-from workbench.models import gcn  # noqa: E402
+from workbench.datasets import graphs, knowledge  # noqa: E402
+from workbench.models import gcn, kge  # noqa: E402
 
 
 @dataclass
@@ -302,7 +302,59 @@ included); a step's time is the median after the first (compiling) step.
     return _write(out, "width", rows, summary, fig)
 
 
-FIGURES = {"rjp_vjp": rjp_equals_vjp, "width": width}
+# ---- figure 3: width helps on real data: filtered MRR against embedding size -------------------
+
+def kge_width(out: Path, quick: bool) -> Figure:
+    """Filtered MRR (head and tail, test split) against the embedding size for DistMult and
+    TransE trained by 1-N scoring on the knowledge graphs that ship with the package."""
+    if quick:
+        plan = [("umls", "distmult")]
+        dims, epochs = (16, 64), 10
+    else:
+        plan = [(d, m) for d in ("umls", "kinships") for m in ("distmult", "transe")]
+        dims, epochs = (16, 32, 64, 128, 256, 512), 100
+    rows = []
+    for data, model in plan:
+        triples = knowledge.load(data)
+        for dim in dims:
+            h = kge.train(triples, model=model, dim=dim, epochs=epochs, seed=0)
+            rows.append(dict(dataset=data, model=model, dim=dim, epochs=len(h.losses),
+                             mrr=h.metrics.mrr, hits_at_10=h.metrics.hits_at_10,
+                             seconds=round(sum(h.seconds), 2)))
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for (data, model), marker in zip(plan, "osD^"):
+        mine = [r for r in rows if r["dataset"] == data and r["model"] == model]
+        ax.plot([r["dim"] for r in mine], [r["mrr"] for r in mine], marker=marker,
+                label=f"{model}, {data}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(dims, [str(d) for d in dims])
+    ax.set_xlabel("embedding size")
+    ax.set_ylabel("filtered MRR (test, head and tail)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("Width helps: knowledge-graph embeddings trained relationally (1-N scoring)")
+    table = "\n".join(f"| {r['model']} | {r['dataset']} | {r['dim']} | {r['mrr']:.3f} | "
+                       f"{r['hits_at_10']:.3f} | {r['epochs']} | {r['seconds']:.0f} |" for r in rows)
+    summary = f"""# Width helps, on real data
+
+**Paper.** On ogbn-products, the GCN's accuracy grows from 72.5% at hidden size 64 to 76.6% at
+1024, a model only the relational system could train. No real citation graph with features
+ships here, so this figure stands in for it with the real knowledge graphs that do (UMLS,
+Kinships): the filtered MRR of DistMult and TransE against the embedding size, each trained by
+the relational backward plan (1-N scoring with inverse relations, softmax cross-entropy, Adam,
+batch 256, up to {epochs} epochs with early stopping on validation MRR).
+
+| model | data | size | MRR | Hits@10 | epochs | seconds |
+|---|---|---|---|---|---|---|
+{table}
+
+References at their own sizes (pykeen, LCWA): DistMult UMLS 0.833, Kinships 0.608; TransE UMLS
+0.745, Kinships 0.362.
+"""
+    return _write(out, "kge_width", rows, summary, fig)
+
+
+FIGURES = {"rjp_vjp": rjp_equals_vjp, "width": width, "kge_width": kge_width}
 
 
 def reproduce(out: str | Path = "figures", quick: bool = False, only: list[str] | None = None) -> list[Figure]:

@@ -7,8 +7,9 @@ relations of triples: the positives ``Triple(h, r, t) -> 1.0`` and the negatives
 Entity on the head, with Rel on r, with Entity on the tail, the last kernel giving the score.
 Positive and negative scores are paired by a join on (h, r, t), a per-pair loss kernel, and a mean:
 
-    TransE    s(h, r, t) = -||e_h + w_r - e_t||_2      loss = mean relu(margin - s_pos + s_neg)
-    DistMult  s(h, r, t) = <e_h, w_r, e_t>             loss = mean softplus(-s_pos) + softplus(s_neg)
+    TransE     s(h, r, t) = -||e_h + w_r - e_t||_2     loss = mean relu(margin - s_pos + s_neg)
+    TransE-L1  s(h, r, t) = -||e_h + w_r - e_t||_1     (pykeen's default norm; same loss)
+    DistMult   s(h, r, t) = <e_h, w_r, e_t>            loss = mean softplus(-s_pos) + softplus(s_neg)
 
 With k negatives per positive, the DistMult pair mean equals mean_pos softplus(-s) + mean_neg
 softplus(s). Entity feeds two joins (head and tail), so its gradient is the sum of both RJPs.
@@ -17,10 +18,11 @@ softplus(s). Entity feeds two joins (head and tail), so its gradient is the sum 
 references: inverse relations (``Rel`` has 2 x n_relations rows; (h, r, t) also gives the query
 (t, r + n_relations) with target h), and a batch of queries ``Query(q, h, r, t) -> w`` scored
 against every entity. The entities meet each query as one tuple, ``EntityMatrix() -> (n, dim)``
-(Entity joined with one-hot rows and summed), so the kernel sees a query's whole score vector
-and takes its max-shifted log-sum-exp; minus the target's score (a join on t), weighted and
-summed, it is the mean softmax cross-entropy. Entity's gradient sums its three roles (head,
-target, matrix row) by the RJP rules.
+(Entity joined with one-hot rows and summed), so a kernel gives a query's whole score vector
+(DistMult M x; TransE |x|^2 - 2 M x, then + |e|^2 from ``EntityNorms`` and -sqrt; TransE-L1
+-sum |x - M|), and a select takes its max-shifted log-sum-exp; minus the target's score (a join on
+t), weighted and summed, it is the mean softmax cross-entropy. Entity's gradient sums its roles
+(head, target, matrix row, norm) by the RJP rules.
 
 Each loss has a dense JAX twin (gathers ``E[h]``, ``W[r]``, ``E[t]``). ``train`` runs the
 relational backward plan (``wb.value_and_grad``) with Adam; ``evaluate`` ranks every entity as a
@@ -43,6 +45,7 @@ from workbench.ops import aggregate, join, select
 from workbench.optim import Adam
 from workbench.relation import Relation, default_dtype, from_frame, from_tensor
 from workbench.api import jit, value_and_grad
+from workbench.models.progress import progress_bar
 
 
 # ---- the two models: per-tuple kernels and their dense (broadcasting) score -----------------
@@ -59,6 +62,14 @@ def _transe_dense(eh, w, et):
     return -jnp.sqrt(jnp.sum((eh + w - et) ** 2, axis=-1))
 
 
+def _transe_l1_score(x, et):
+    return -jnp.sum(jnp.abs(x - et))  # -||e_h + w_r - e_t||_1
+
+
+def _transe_l1_dense(eh, w, et):
+    return -jnp.sum(jnp.abs(eh + w - et), axis=-1)
+
+
 def _distmult_combine(eh, w):
     return eh * w
 
@@ -71,6 +82,31 @@ def _distmult_dense(eh, w, et):
     return jnp.sum(eh * w * et, axis=-1)
 
 
+# 1-N scoring: a combined query x against every row of the entity matrix M (n, dim) at once. The
+# kernel that reads M touches it only through the product M x, so the RJP with respect to M is an
+# outer product per query, which XLA sums over a batch as one matrix product (a per-row score
+# vmapped over M would make an elementwise (batch, n, dim) tensor instead, 100x slower).
+
+def _distmult_against_all(x, M):
+    return M @ x  # <x, e> for every entity row e: the scores
+
+
+def _transe_against_all(x, M):
+    return jnp.sum(x * x) - 2.0 * (M @ x)  # |x|^2 - 2 <x, e>: ||x - e||^2 without |e|^2
+
+
+def _transe_l1_against_all(x, M):
+    # -||x - e||_1 for every row e: no matrix product gives it, so a batch is an elementwise
+    # (batch, n, dim) tensor (forward and RJP); affordable at small dim
+    return -jnp.sum(jnp.abs(x[None, :] - M), axis=1)
+
+
+def _transe_finish(p, norms):
+    # ||x - e||^2 = p + |e|^2, floored at 1e-12 (rounding can make it slightly negative, and
+    # sqrt has an infinite slope at 0); the score is -||x - e||
+    return -jnp.sqrt(jnp.maximum(p + norms, 1e-12))
+
+
 @dataclass(frozen=True)
 class Model:
     name: str
@@ -78,11 +114,17 @@ class Model:
     score: Callable  # (x, e_t) -> scalar score, per tuple
     dense_score: Callable  # (e_h, w_r, e_t) -> score over the last axis, broadcasting
     margin_loss: bool  # True: relu(margin - s_pos + s_neg); False: logistic
+    against_all: Callable | None = None  # (x, M) -> (n,): x against every row of M (1-N)
+    finish: Callable | None = None  # (against_all, |e|^2 per row) -> scores; None: already scores
 
 
 MODELS = {
-    "transe": Model("TransE", _transe_combine, _transe_score, _transe_dense, True),
-    "distmult": Model("DistMult", _distmult_combine, _distmult_score, _distmult_dense, False),
+    "transe": Model("TransE", _transe_combine, _transe_score, _transe_dense, True,
+                    _transe_against_all, _transe_finish),
+    "transe-l1": Model("TransE-L1", _transe_combine, _transe_l1_score, _transe_l1_dense, True,
+                       _transe_l1_against_all),
+    "distmult": Model("DistMult", _distmult_combine, _distmult_score, _distmult_dense, False,
+                      _distmult_against_all),
 }
 
 
@@ -240,10 +282,26 @@ def entity_matrix(Entity: Relation, OneHot: Relation) -> Relation:
     return aggregate(join(Entity, OneHot, on={"e": "e"}, kernel=_place), by=())
 
 
-def all_scores(m: Model) -> Callable:
-    """``(x, M) -> (n_entities,)``: the model's score of the combined query ``x`` against every
-    row of ``M``, the per-tuple score vmapped over the entities."""
-    return jax.vmap(m.score, in_axes=(None, 0))
+def _place_norm(e, u):
+    return u * jnp.sum(e * e)  # |e|^2 in the entity's position of an n-vector
+
+
+def entity_norms(Entity: Relation, OneHot: Relation) -> Relation:
+    """``EntityNorms() -> (n_entities,)``: every entity's squared norm |e|^2 as one tuple, placed
+    by a join with ``OneHot`` and summed by a keyless aggregate."""
+    return aggregate(join(Entity, OneHot, on={"e": "e"}, kernel=_place_norm), by=())
+
+
+def all_scores(m: Model, X: Relation, Entity: Relation, OneHot: Relation) -> Relation:
+    """``P(keys of X) -> (n_entities,)``: the score of every combined query ``X`` against every
+    entity. DistMult: ``X x EntityMatrix`` with kernel M x. TransE: the same join gives
+    |x|^2 - 2 M x, and a second cross join with ``EntityNorms`` adds |e|^2 and takes -sqrt."""
+    if m.against_all is None:
+        raise ValueError(f"all_scores: model {m.name} has no 1-N scoring (Model.against_all)")
+    P = join(X, entity_matrix(Entity, OneHot), on={}, kernel=m.against_all)
+    if m.finish is not None:
+        P = join(P, entity_norms(Entity, OneHot), on={}, kernel=m.finish)
+    return P
 
 
 def one_n_loss_program(m: Model, Query: Relation, OneHot: Relation) -> Callable:
@@ -251,22 +309,19 @@ def one_n_loss_program(m: Model, Query: Relation, OneHot: Relation) -> Callable:
     w`` (w weights each query; 1/B for a batch of B), captured as data:
 
         X(q, h, r, t)  = combine(Entity(h), Rel(r))                two joins, as for a triple
-        Z(q, h, r, t)  = logsumexp_e score(X, Entity(e))            X x EntityMatrix (no key)
+        P(q, h, r, t)  = (score(X, Entity(e)))_e                    X x EntityMatrix (no key)
+        Z(q, h, r, t)  = logsumexp_e P                             a select
         S(q, h, r, t)  = score(X, Entity(t))                        the target's score
         loss           = sum_q w_q (Z - S)                          a join with Query and a sum
 
-    The log-sum-exp runs inside one kernel over a query's whole score vector (jax.nn.logsumexp,
-    max-shifted, so large scores do not overflow): the query meets the entity matrix held as one
-    tuple, a cross join that XLA runs as one matrix product over the batch."""
-    scores_of = all_scores(m)
-
-    def lse(x, M):
-        return jax.nn.logsumexp(scores_of(x, M))
+    The query meets the entity matrix held as one tuple, a cross join that XLA runs as one matrix
+    product over the batch; the log-sum-exp is jax.nn.logsumexp over a query's score vector
+    (max-shifted, so large scores do not overflow)."""
 
     def loss(Entity, Rel):
         X = join(Query, Entity, on={"h": "e"}, kernel=_head)
         X = join(X, Rel, on={"r": "r"}, kernel=m.combine)
-        Z = join(X, entity_matrix(Entity, OneHot), on={}, kernel=lse)
+        Z = select(all_scores(m, X, Entity, OneHot), kernel=jax.nn.logsumexp)
         S = join(X, Entity, on={"t": "e"}, kernel=m.score)
         ce = join(Z, S, on={k: k for k in Query.keys}, kernel=jnp.subtract)
         weighted = join(ce, Query, on={k: k for k in Query.keys}, kernel=jnp.multiply)
@@ -427,25 +482,27 @@ def train(triples: Triples, model: str = "transe", dim: int = 32, epochs: int = 
           lr: float = 0.01, negatives: int = 4, seed: int = 0, margin: float = 1.0,
           batch_size: int | None = None, normalize: bool = True, split: str = "test",
           dtype=None, compiled: bool | None = None, loss: str = "1-n", eval_every: int = 10,
-          patience: int = 3) -> History:
+          patience: int = 3, progress: bool | None = False) -> History:
     """Train ``model`` ('transe' or 'distmult') on ``triples.train`` with Adam.
 
     ``loss="1-n"`` (the default; ``train_1n``): 1-N scoring with inverse relations and softmax
     cross-entropy, mini-batches of ``batch_size`` queries (256 by default), early stopping on the
     validation filtered MRR (every ``eval_every`` epochs, ``patience`` evaluations without
     improvement; the best parameters are kept). ``loss="pairs"`` (``train_pairs``): ``negatives``
-    corruptions per triple and the pair loss; ``eval_every`` and ``patience`` do not apply."""
+    corruptions per triple and the pair loss; ``eval_every`` and ``patience`` do not apply.
+    ``compiled`` (None: True for 1-N, False for pairs) runs each step as ``wb.jit`` of it.
+    ``progress``: a tqdm bar over the epochs (None: only on a terminal)."""
     key = str(loss).lower().replace("_", "-")
     if key in ("1n", "lcwa", "1-n"):
         return train_1n(triples, model=model, dim=dim, epochs=epochs, lr=lr, seed=seed,
                         batch_size=batch_size or 256, normalize=normalize, split=split, dtype=dtype,
-                        compiled=bool(compiled), eval_every=eval_every,
-                        patience=patience)
+                        compiled=True if compiled is None else bool(compiled),
+                        eval_every=eval_every, patience=patience, progress=progress)
     if key != "pairs":
         raise ValueError(f"train: unknown loss {loss!r}; choose one of {LOSSES}")
     return train_pairs(triples, model=model, dim=dim, epochs=epochs, lr=lr, negatives=negatives,
                        seed=seed, margin=margin, batch_size=batch_size, normalize=normalize,
-                       split=split, dtype=dtype, compiled=bool(compiled))
+                       split=split, dtype=dtype, compiled=bool(compiled), progress=progress)
 
 
 def _start(triples: Triples, m: Model, dim: int, epochs: int, count_name: str, count: int,
@@ -468,7 +525,7 @@ def _start(triples: Triples, m: Model, dim: int, epochs: int, count_name: str, c
 def train_pairs(triples: Triples, model: str = "transe", dim: int = 32, epochs: int = 50,
                 lr: float = 0.01, negatives: int = 4, seed: int = 0, margin: float = 1.0,
                 batch_size: int | None = None, normalize: bool = True, split: str = "test",
-                dtype=None, compiled: bool = False) -> History:
+                dtype=None, compiled: bool = False, progress: bool | None = False) -> History:
     """Train ``model`` ('transe' or 'distmult') on ``triples.train`` with Adam: each epoch draws
     ``negatives`` corruptions per triple, shuffles, and takes one step per batch (``batch_size``
     triples; all of them by default) through the relational backward plan. TransE entities are
@@ -477,7 +534,8 @@ def train_pairs(triples: Triples, model: str = "transe", dim: int = 32, epochs: 
     ``wb.jit`` of it, with the batch's positives and negatives as arguments. Fresh negatives
     change the keys every batch, so each batch builds a new key plan, and the number of entities
     a batch touches changes the program's shapes: measured on Nations (batch 256), that costs
-    more than the interpreter (2.0 s against 0.6 s an epoch), which is the default here."""
+    more than the interpreter (2.0 s against 0.6 s an epoch), which is the default here.
+    ``progress``: a tqdm bar over the epochs (None: only on a terminal)."""
     m = get_model(model)
     Entity, Rel, rng, dtype = _start(triples, m, dim, epochs, "negatives", negatives, 1, seed, dtype)
     n_ent, n_rel = triples.n_entities, triples.n_relations
@@ -495,6 +553,7 @@ def train_pairs(triples: Triples, model: str = "transe", dim: int = 32, epochs: 
 
     step = value_and_grad(batch_loss, argnums=(0, 1))
     step = jit(step, prune=False) if compiled else step  # new keys every batch: keep shapes
+    bar = progress_bar(epochs, f"{m.name} {triples.name}", progress)
     for _ in range(epochs):
         start = time.perf_counter()
         order = rng.permutation(len(train_set))
@@ -511,6 +570,8 @@ def train_pairs(triples: Triples, model: str = "transe", dim: int = 32, epochs: 
             Entity = unit_rows(Entity)
         history.losses.append(total / len(order))
         history.seconds.append(time.perf_counter() - start)
+        bar.update(loss=history.losses[-1])
+    bar.close()
     history.entity, history.relation = Entity, Rel
     if scored:
         history.metrics = evaluate(m, Entity.to_tensor(), Rel.to_tensor(), triples, split)
@@ -519,8 +580,8 @@ def train_pairs(triples: Triples, model: str = "transe", dim: int = 32, epochs: 
 
 def train_1n(triples: Triples, model: str = "distmult", dim: int = 128, epochs: int = 100,
              lr: float = 0.01, seed: int = 0, batch_size: int = 256, normalize: bool = True,
-             split: str = "test", dtype=None, compiled: bool = False, eval_every: int = 10,
-             patience: int = 3, valid: str = "valid") -> History:
+             split: str = "test", dtype=None, compiled: bool = True, eval_every: int = 10,
+             patience: int = 3, valid: str = "valid", progress: bool | None = False) -> History:
     """1-N training: the queries are the training triples and their inverses (``reciprocal``),
     shuffled every epoch into batches of ``batch_size``; each step is the relational backward
     plan of ``one_n_loss_program`` on the batch (``Query`` an argument), then Adam. Every batch,
@@ -530,7 +591,8 @@ def train_1n(triples: Triples, model: str = "distmult", dim: int = 128, epochs: 
     put back on the unit sphere after every epoch (``normalize``). Every ``eval_every`` epochs
     the filtered MRR on ``valid`` is measured; the best parameters are kept, and training stops
     after ``patience`` measurements without improvement (no early stopping without a ``valid``
-    split, or with ``patience=0``)."""
+    split, or with ``patience=0``). ``progress``: a tqdm bar over the epochs (None: only on a
+    terminal)."""
     m = get_model(model)
     Entity, Rel, rng, dtype = _start(triples, m, dim, epochs, "batch_size", batch_size, 2, seed, dtype)
     n_ent, n_rel = triples.n_entities, 2 * triples.n_relations
@@ -552,6 +614,7 @@ def train_1n(triples: Triples, model: str = "distmult", dim: int = 128, epochs: 
     step = value_and_grad(batch_loss, argnums=(0, 1))
     step = jit(step, prune=False) if compiled else step
     best, best_mrr, waited = (Entity, Rel), -1.0, 0
+    bar = progress_bar(epochs, f"{m.name} {triples.name}", progress)
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         order = rng.permutation(len(queries))
@@ -573,8 +636,11 @@ def train_1n(triples: Triples, model: str = "distmult", dim: int = 128, epochs: 
                 best, best_mrr, waited, history.best_epoch = (Entity, Rel), mrr, 0, epoch
             else:
                 waited += 1
-                if waited >= patience:
-                    break
+        bar.update(loss=history.losses[-1], **({"valid_mrr": history.validation[-1][1]}
+                                               if history.validation else {}))
+        if early and waited >= patience:
+            break
+    bar.close()
     if early and history.best_epoch is not None:
         Entity, Rel = best
     history.entity, history.relation = Entity, Rel

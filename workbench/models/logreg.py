@@ -36,6 +36,7 @@ import numpy as np
 from workbench.ops import aggregate, join, select
 from workbench.relation import Relation, default_dtype, from_tensor
 from workbench.api import jit, value_and_grad
+from workbench.models.progress import progress_bar
 
 BLOCK = 64  # rows per block of the data relations
 BLOCK_KEY = "block"
@@ -307,6 +308,7 @@ class History:
     compile_seconds: float = 0.0
     train_acc: float = float("nan")
     test_acc: float = float("nan")
+    test_acc_curve: list[float] = field(default_factory=list)  # test accuracy per iteration
     W: Relation | None = None
     Bias: Relation | None = None
     reference: Reference | None = None
@@ -355,13 +357,13 @@ def _scalar(R: Relation) -> float:
 
 def train(data: Data | None = None, C: float = 1.0, block: int = BLOCK, max_iter: int = 200,
           gtol: float = 1e-6, memory: int = 10, dtype=None, compiled: bool = True,
-          with_reference: bool = True) -> History:
+          with_reference: bool = True, progress: bool | None = False) -> History:
     """Minimize scikit-learn's objective over (W, Bias) with full-batch L-BFGS; every value and
     gradient is ``wb.value_and_grad`` of the relational loss (``wb.jit`` of it when
     ``compiled``). Stops when max |grad| <= ``gtol`` (L is strictly convex, so a small gradient
     means a point near the minimum), at the precision limit of the relations' dtype, or after
     ``max_iter`` iterations. ``with_reference``: also fit scikit-learn on the same split
-    (``reference``)."""
+    (``reference``). ``progress``: a tqdm bar over the iterations (None: only on a terminal)."""
     data = data if data is not None else load()
     dtype = dtype or default_dtype()
     X, S = to_relations(data.x_train, data.y_train, block, dtype, "X")
@@ -382,6 +384,11 @@ def train(data: Data | None = None, C: float = 1.0, block: int = BLOCK, max_iter
         return _scalar(value), g
 
     clock = {"t": time.perf_counter()}
+    bar = progress_bar(max_iter, "logistic regression (L-BFGS)", progress)
+
+    def test_accuracy(theta: np.ndarray) -> float:
+        z = forward(Xt, W.with_values(theta[None, :d]), Bias.with_values(theta[d:]))
+        return accuracy(z.to_tensor().reshape(-1)[:len(data.y_test)], data.y_test)
 
     def record(k, theta, f, g):
         now = time.perf_counter()
@@ -390,11 +397,15 @@ def train(data: Data | None = None, C: float = 1.0, block: int = BLOCK, max_iter
         hist.objective.append(float(f))
         hist.grad_norm.append(float(np.max(np.abs(g))))
         hist.seconds.append(now - clock["t"] if k else 0.0)
-        clock["t"] = now
+        hist.test_acc_curve.append(test_accuracy(theta))  # a read-out, not timed
+        if k:
+            bar.update(objective=float(f), test_acc=hist.test_acc_curve[-1])
+        clock["t"] = time.perf_counter()
 
     ftol = 64 * float(np.finfo(np.dtype(dtype)).eps)  # the values' precision limit
     result = lbfgs(fg, np.zeros(d + 1), memory=memory, max_iter=max_iter, gtol=gtol, ftol=ftol,
                    callback=record)
+    bar.close()
     hist.evaluations, hist.converged, hist.stop = result.evaluations, result.converged, result.message
     hist.W = W.with_values(result.x[None, :d])
     hist.Bias = Bias.with_values(result.x[d:])

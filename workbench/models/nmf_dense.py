@@ -38,6 +38,7 @@ import numpy as np
 
 from workbench import optim
 from workbench.api import jit, value_and_grad
+from workbench.models.progress import progress_bar
 from workbench.ops import aggregate, join
 from workbench.relation import Relation, default_dtype, from_matrix, from_tensor
 
@@ -280,13 +281,15 @@ def _scalar(R: Relation) -> float:
 
 def train(data: BlockedMatrix | None = None, rank: int = 10, iterations: int = 400,
           method: str = "multiplicative", target: float | None = None, eps: float = 1e-12,
-          lr: float = 0.05, random_state: int = 0, compiled: bool = True) -> History:
+          lr: float = 0.05, random_state: int = 0, compiled: bool = True,
+          progress: bool | None = False) -> History:
     """Factorize ``data`` (default: the full digits) as W H, W, H >= 0, from the NNDSVDa start.
 
     ``method='multiplicative'``: Lee and Seung's updates from the relational gradient's parts,
     H then W each iteration. ``method='projected'``: Adam (``lr``) on the relational gradient,
     then max(., 0). Stops after ``iterations``, or once the error is at most ``target``.
-    ``compiled``: each step is a ``wb.jit`` program (else the interpreter runs it)."""
+    ``compiled``: each step is a ``wb.jit`` program (else the interpreter runs it).
+    ``progress``: a tqdm bar over the iterations (None: only on a terminal)."""
     if method not in METHODS:
         raise ValueError(f"train: method must be one of {METHODS}, got {method!r}")
     data = load_digits_relation() if data is None else data
@@ -294,6 +297,7 @@ def train(data: BlockedMatrix | None = None, rank: int = 10, iterations: int = 4
     W, H = factor_relations(*nndsvda(data.x, rank, random_state), data)
     maybe_jit = jit if compiled else (lambda g: g)
     hist = History(method, rank, n_rows=data.shape[0])
+    bar = progress_bar(iterations, f"NMF {data.name} ({method})", progress)
 
     if method == "multiplicative":
         loss_fn = maybe_jit(objective(X))
@@ -310,6 +314,7 @@ def train(data: BlockedMatrix | None = None, rank: int = 10, iterations: int = 4
             W.table().values.block_until_ready()
             hist.seconds.append(time.perf_counter() - start)
             hist.error.append(float(np.sqrt(_scalar(loss_fn(W, H)))))
+            bar.update(error=hist.error[-1])
     else:
         opt = optim.Adam(lr=lr)
         state = opt.init([W, H])
@@ -327,6 +332,8 @@ def train(data: BlockedMatrix | None = None, rank: int = 10, iterations: int = 4
             value, grads = grad_fn(W, H)  # the gradient for the next step, and this step's loss
             hist.seconds.append(time.perf_counter() - start)
             hist.error.append(float(np.sqrt(_scalar(value))))
+            bar.update(error=hist.error[-1])
+    bar.close()
     hist.W, hist.H = W, H
     return hist
 

@@ -28,6 +28,7 @@ from workbench.datasets.matrices import SparseMatrix, to_relation
 from workbench.ops import aggregate, join, select
 from workbench.relation import Relation, from_tensor
 from workbench.api import jit, value_and_grad
+from workbench.models.progress import progress_bar
 
 METHODS = ("projected", "multiplicative")
 ENTRY_KEYS = {"i": "left.i", "j": "left.j"}
@@ -212,13 +213,14 @@ def _scalar(R: Relation) -> float:
 def train(matrix: SparseMatrix, rank: int, method: str = "projected", steps: int = 100,
           lr: float = 0.02, seed: int = 0, test: SparseMatrix | None = None, l2: float = 0.0,
           optimizer: str = "adam", eps: float = 1e-12, dtype: str | None = None,
-          compiled: bool = True) -> History:
+          compiled: bool = True, progress: bool | None = False) -> History:
     """Factorize the observed entries of ``matrix`` as <w_i, h_j> with W, H >= 0.
 
     ``method='projected'``: Adam (or ``optimizer='sgd'``) with learning rate ``lr`` on the
     relational gradient, then max(., 0). ``method='multiplicative'``: Lee and Seung's updates,
     W then H (``lr`` is not used). ``test``: held-out entries whose RMSE is recorded each step.
-    ``compiled``: every step is ``wb.jit`` of it (one XLA program); else the interpreter runs it."""
+    ``compiled``: every step is ``wb.jit`` of it (one XLA program); else the interpreter runs it.
+    ``progress``: a tqdm bar over the steps (None: only on a terminal)."""
     if method not in METHODS:
         raise ValueError(f"train: method must be one of {METHODS}, got {method!r}")
     if optimizer not in ("adam", "sgd"):
@@ -235,6 +237,8 @@ def train(matrix: SparseMatrix, rank: int, method: str = "projected", steps: int
     train_sse = maybe_jit(lambda W, H: sse(Entry, W, H))
     test_sse = maybe_jit(lambda W, H: sse(Test, W, H)) if Test is not None else None
 
+    bar = progress_bar(steps, f"NNMF {matrix.name} ({method})", progress)
+
     def record(value: float, W, H, seconds: float):
         hist.loss.append(value)
         err = value if not l2 else _scalar(train_sse(W, H))
@@ -242,6 +246,8 @@ def train(matrix: SparseMatrix, rank: int, method: str = "projected", steps: int
         if Test is not None:
             hist.test_rmse.append(float(np.sqrt(_scalar(test_sse(W, H)) / test.nnz)))
         hist.seconds.append(seconds)
+        if len(hist.loss) > 1:
+            bar.update(loss=value, rmse=hist.rmse[-1])
 
     if method == "projected":
         opt = optim.Adam(lr=lr) if optimizer == "adam" else optim.SGD(lr=lr)
@@ -266,5 +272,48 @@ def train(matrix: SparseMatrix, rank: int, method: str = "projected", steps: int
             start = time.perf_counter()
             W = multiplicative_update(Entry, W, H, "W", eps, l2)
             H = multiplicative_update(Entry, W, H, "H", eps, l2)
+    bar.close()
     hist.W, hist.H = W, H
     return hist
+
+
+# ---- a reference optimum from scipy ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Reference:
+    """scipy's L-BFGS-B with the bounds W, H >= 0 on the dense JAX twin (value and gradient by
+    jax.value_and_grad), from the same start as ``train``: the same objective at the same
+    observed entries, minimized by a projected quasi-Newton method to its tolerance."""
+
+    loss: float
+    rmse: float  # sqrt(SSE / nnz) at the observed entries
+    iterations: int
+    seconds: float
+    message: str
+
+
+def reference(matrix: SparseMatrix, rank: int, seed: int = 0, l2: float = 0.0,
+              max_iter: int = 5000) -> Reference:
+    import jax
+    from scipy.optimize import minimize
+
+    W, H = init_factors(matrix.shape, rank, float(np.mean(matrix.values)), seed, "float64")
+    w0, h0 = np.asarray(W.to_tensor(), np.float64), np.asarray(H.to_tensor(), np.float64)
+    n_w = w0.size
+    f = jax.jit(jax.value_and_grad(lambda th: twin(matrix, l2)(th[:n_w].reshape(w0.shape),
+                                                              th[n_w:].reshape(h0.shape))))
+
+    def fg(theta):
+        value, grad = f(jnp.asarray(theta))
+        return float(value), np.asarray(grad, np.float64)
+
+    start = time.perf_counter()
+    res = minimize(fg, np.concatenate([w0.ravel(), h0.ravel()]), jac=True, method="L-BFGS-B",
+                   bounds=[(0.0, None)] * (w0.size + h0.size),
+                   options={"maxiter": max_iter, "maxfun": 2 * max_iter, "ftol": 1e-12,
+                            "gtol": 1e-8})
+    seconds = time.perf_counter() - start
+    w, h = res.x[:n_w].reshape(w0.shape), res.x[n_w:].reshape(h0.shape)
+    pred = np.sum(w[matrix.rows] * h[matrix.cols], axis=1)
+    rmse = float(np.sqrt(np.mean((pred - matrix.values) ** 2)))
+    return Reference(float(res.fun), rmse, int(res.nit), seconds, str(res.message))

@@ -18,8 +18,9 @@ workbench       ``wb.jit(wb.value_and_grad(loss, argnums=(1, 2)))``: the relatio
 JAX segment_sum ``jax.jit(jax.value_and_grad(gcn.dense_loss))``: gathers and ``segment_sum``
 JAX BCSR        the same loss with Â as a ``jax.experimental.sparse.BCSR`` matrix under ``jit``
 
-Each side is compiled first (its first call is reported), then timed ``--repeat`` steps (median,
-blocking on the result). The ratio is workbench over the faster JAX program. Graphs are
+Each side is compiled first (its first call is reported), then the three are timed in turn,
+``--repeat`` rounds of one step each (median, blocking on the result), so load from other
+processes falls on all of them alike. The ratio is workbench over the faster JAX program. Graphs are
 SYNTHETIC stochastic block models of the stated sizes (``workbench.datasets.graphs``).
 """
 from __future__ import annotations
@@ -56,6 +57,23 @@ def timed(fn, repeat: int):
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
     return first, statistics.median(times)
+
+
+def interleaved(fns, repeat: int):
+    """Each of ``fns`` called once (its first call, compile included, is returned), then all of
+    them in turn ``repeat`` times, A B C A B C ..., so a change of load on the machine falls on
+    every peer alike: (first-call seconds, median seconds) per function."""
+    firsts, times = [], [[] for _ in fns]
+    for fn in fns:
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        firsts.append(time.perf_counter() - start)
+    for _ in range(repeat):
+        for fn, ts in zip(fns, times):
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            ts.append(time.perf_counter() - start)
+    return [(f, statistics.median(ts)) for f, ts in zip(firsts, times)]
 
 
 def labelled_nodes(graph, labelled: int | None) -> np.ndarray | None:
@@ -127,9 +145,8 @@ def main(argv=None) -> None:
         labelled = labelled_nodes(graph, args.labelled)
         wb_run, step = workbench_step(graph, h, compiled=True, labelled=labelled)
         seg_run, bc_run = jax_steps(graph, h, labelled)
-        wb_first, wb_t = timed(wb_run, args.repeat)
-        seg_first, seg_t = timed(seg_run, args.repeat)
-        bc_first, bc_t = timed(bc_run, args.repeat)
+        (wb_first, wb_t), (seg_first, seg_t), (bc_first, bc_t) = interleaved(
+            [wb_run, seg_run, bc_run], args.repeat)
         interp_t = float("nan")
         if not args.no_interpreter:
             interp_run, _ = workbench_step(graph, h, compiled=False, labelled=labelled)

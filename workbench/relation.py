@@ -23,6 +23,7 @@ import polars as pl
 
 from workbench.errors import RelationError
 from workbench.plan import Node, Scan, Schema, toposort
+from workbench.storage import Dataset, StoredTable
 from workbench.table import Table, make_table, spare_name
 
 VALUE = "value"  # the value column of to_frame(); no key may take this name
@@ -362,6 +363,19 @@ def from_matrix(x, block: Sequence[int], dtype=None, name: str = "A") -> Relatio
     nr, nc = x.shape[0] // br, x.shape[1] // bc
     blocks = x.reshape(nr, br, nc, bc).transpose(0, 2, 1, 3)
     return from_tensor(blocks, keys=("row", "col"), dtype=dtype, name=name)
+
+
+def from_dataset(path, dtype=None, name: str | None = None) -> Relation:
+    """A stored relation naming a hash-partitioned Parquet dataset (``workbench.storage``): its
+    schema comes from the dataset's metadata and nothing else is read here. The local executor
+    reads the whole dataset when a plan first scans it; a partitioned runner's workers read their
+    own shards, and the driver never does."""
+    ds = path if isinstance(path, Dataset) else Dataset(path)
+    m = ds.meta
+    where = f"from_dataset '{ds.path}'"
+    dtype = resolve_dtype(dtype, m.dtype, where)
+    schema = Schema(m.keys, m.extents, m.value_shape, dtype)
+    return Relation(Scan(schema, StoredTable(ds, dtype), name=name or m.name))
 
 
 def to_matrix(R: Relation) -> np.ndarray:

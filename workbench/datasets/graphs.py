@@ -8,6 +8,7 @@ Sources and licences are in ``datasets/README.md`` (section "Graphs").
 """
 from __future__ import annotations
 
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ import polars as pl
 
 from workbench.datasets.text import tab_separated_lines
 from workbench.errors import RelationError
-from workbench.relation import Relation, default_dtype, from_frame, from_tensor
+from workbench.relation import Relation, default_dtype, from_dataset, from_frame, from_tensor
+from workbench.storage import Dataset, DatasetWriter, import_file, shard_hash
 
 
 @dataclass(frozen=True, eq=False)
@@ -400,3 +402,216 @@ def to_relations(graph: Graph, dtype=None) -> GraphRelations:
 
     return GraphRelations(node, edge, label, split(graph.train, "Train"), split(graph.val, "Val"),
                           split(graph.test, "Test"))
+
+
+# ---- graphs written as partitioned datasets (workbench.storage), in bounded memory ---------------
+
+def rmat_chunks(scale: int, edge_factor: int = 16, seed: int = 0, chunk: int = 1 << 20,
+                abc: tuple[float, float, float] = (0.57, 0.19, 0.19)):
+    """R-MAT edges (Chakrabarti, Zhan and Faloutsos, SDM 2004), SYNTHETIC: ``edge_factor * 2**scale``
+    draws over ``2**scale`` nodes, yielded as (src, dst) chunks of ``chunk`` draws. Each draw picks
+    one quadrant of the adjacency matrix per bit, with probabilities a, b, c and 1 - a - b - c, so
+    degrees follow a power law. Node ids are scrambled by a fixed permutation (so high degree is
+    not low id). Chunk k uses its own seed: the same chunks in any order, in any process."""
+    a, b, c = abc
+    n, total = 1 << scale, edge_factor << scale
+    perm = np.random.default_rng([seed, 1]).permutation(n)
+    for k, start in enumerate(range(0, total, chunk)):
+        m = min(chunk, total - start)
+        rng = np.random.default_rng([seed, 2, k])
+        src = np.zeros(m, np.int64)
+        dst = np.zeros(m, np.int64)
+        for bit in range(scale):
+            r = rng.random(m)
+            down = r >= a + b  # quadrants c and d: the row bit is 1
+            right = ((r >= a) & (r < a + b)) | (r >= a + b + c)  # quadrants b and d: the column bit is 1
+            src |= down.astype(np.int64) << bit
+            dst |= right.astype(np.int64) << bit
+        yield perm[src], perm[dst]
+
+
+class GraphDataset(NamedTuple):
+    """A graph written as datasets: the relations a GCN reads (``graph_relations`` opens them)."""
+
+    path: Path
+    n_nodes: int
+    n_edges: int  # stored edges of the normalized adjacency, self-loops included
+    n_features: int
+    n_classes: int
+
+
+def write_graph_dataset(path, n_nodes: int, edge_chunks, features, n_classes: int,
+                        partitions: int = 4, train_fraction: float = 0.1, val_fraction: float = 0.1,
+                        seed: int = 0, dtype: str = "float32", undirected: bool = True,
+                        overwrite: bool = False) -> GraphDataset:
+    """Write the GCN relations of a graph under ``path`` (one dataset each: node, edge, label,
+    train, val, test, label_train), each hashed on its first key into ``partitions`` shards, in
+    memory bounded by one chunk plus O(n_nodes) per-node arrays, never the whole edge list.
+
+    ``edge_chunks`` yields (src, dst) arrays (repeats and self-loops allowed; both directions are
+    stored when ``undirected``). ``features(start, stop)`` returns (features, labels) of nodes
+    start..stop-1. Edges become Â = D^-1/2 (A + I) D^-1/2 as ``normalized_edges`` computes it
+    (distinct edges of weight 1, a self-loop per node, degrees at the destination): pass 1
+    hashes the raw edges into shards on src, pass 2 counts each shard's distinct edges per
+    destination, pass 3 writes each shard's weights. The splits are random (``train_fraction``,
+    ``val_fraction`` of the nodes, the rest test)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise RelationError(f"write_graph_dataset: '{path}' exists; pass overwrite=True to replace it")
+    path.mkdir(parents=True, exist_ok=True)
+    n = int(n_nodes)
+    raw = path / "_raw_edges"
+    with DatasetWriter(raw, ("src", "dst"), (), "float32", partitions, ("src",), (n, n), "raw",
+                       overwrite=True, check_unique=False) as w:
+        for src, dst in edge_chunks:
+            src, dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
+            if undirected:
+                src, dst = np.concatenate([src, dst]), np.concatenate([dst, src])
+            keep = src != dst  # self-loops are added once per node below
+            w.write({"src": src[keep], "dst": dst[keep]}, np.ones(int(keep.sum()), np.float32))
+    raw_ds = Dataset(raw)
+
+    def distinct(s: int) -> pl.DataFrame:
+        return raw_ds.shards()[s].select("src", "dst").unique().collect()
+
+    deg = np.ones(n)  # the self-loop
+    for s in range(raw_ds.meta.partitions):
+        deg += np.bincount(distinct(s)["dst"].to_numpy(), minlength=n)
+    n_edges = 0
+    with DatasetWriter(path / "edge", ("src", "dst"), (), dtype, partitions, ("src",), (n, n), "Edge",
+                       overwrite=True) as w:
+        for s in range(raw_ds.meta.partitions):
+            e = distinct(s)
+            loops = np.flatnonzero(shard_hash(pl.DataFrame({"src": np.arange(n)}), ("src",), n,
+                                              partitions) == s)
+            src = np.concatenate([e["src"].to_numpy(), loops])
+            dst = np.concatenate([e["dst"].to_numpy(), loops])
+            w.write({"src": src, "dst": dst}, 1.0 / np.sqrt(deg[dst] * deg[src]))
+            n_edges += len(src)
+    shutil.rmtree(raw)
+
+    rng = np.random.default_rng([seed, 3])
+    split = rng.random(n)
+    train, val = split < train_fraction, (split >= train_fraction) & (split < train_fraction + val_fraction)
+    test = ~(train | val)
+    names = ("node", "label", "label_train")
+    d = None
+    writers = {}
+    try:
+        for start in range(0, n, 1 << 18):
+            stop = min(n, start + (1 << 18))
+            x, y = features(start, stop)
+            x, y = np.asarray(x), np.asarray(y, np.int64)
+            if d is None:
+                d = x.shape[1]
+                shapes = {"node": (d,), "label": (n_classes,), "label_train": (n_classes,)}
+                for name in names:
+                    writers[name] = DatasetWriter(path / name, ("id",), shapes[name], dtype, partitions,
+                                                  extents=(n,), name=name.capitalize(), overwrite=True)
+            ids = np.arange(start, stop, dtype=np.int64)
+            onehot = np.eye(n_classes, dtype=np.float32)[y]
+            writers["node"].write({"id": ids}, x)
+            writers["label"].write({"id": ids}, onehot)
+            t = train[start:stop]
+            writers["label_train"].write({"id": ids[t]}, onehot[t])
+        for name in names:
+            writers[name].close(check_unique=False)  # ids written once each, in order
+    except BaseException:
+        for wr in writers.values():
+            wr._abort()
+        raise
+    for name, mask in (("train", train), ("val", val), ("test", test)):
+        ids = np.flatnonzero(mask).astype(np.int64)
+        with DatasetWriter(path / name, ("id",), (), dtype, partitions, extents=(n,),
+                           name=name.capitalize(), overwrite=True) as w:
+            w.write({"id": ids}, np.ones(len(ids)))
+    return GraphDataset(path, n, n_edges, int(d), int(n_classes))
+
+
+def block_features(n_classes: int, n_features: int, seed: int = 0, signal: float = 1.0):
+    """``features(start, stop)`` for ``write_graph_dataset``: uniform labels and Gaussian features
+    around a class mean, as ``sbm`` draws them; each block of nodes from its own seed."""
+    means = np.random.default_rng([seed, 4]).normal(0.0, signal / np.sqrt(n_features),
+                                                    size=(n_classes, n_features)).astype(np.float32)
+
+    def features(start: int, stop: int):
+        rng = np.random.default_rng([seed, 5, start])
+        y = rng.integers(0, n_classes, size=stop - start)
+        return means[y] + rng.standard_normal((stop - start, n_features), dtype=np.float32), y
+    return features
+
+
+def rmat_dataset(path, scale: int, edge_factor: int = 16, n_features: int = 128, n_classes: int = 16,
+                 partitions: int = 4, seed: int = 0, dtype: str = "float32", chunk: int = 1 << 20,
+                 overwrite: bool = False) -> GraphDataset:
+    """A SYNTHETIC R-MAT graph (``rmat_chunks``, undirected) with block-model features, written
+    as GCN datasets under ``path`` (``write_graph_dataset``), chunk by chunk."""
+    return write_graph_dataset(path, 1 << scale, rmat_chunks(scale, edge_factor, seed, chunk),
+                               block_features(n_classes, n_features, seed), n_classes, partitions,
+                               seed=seed, dtype=dtype, overwrite=overwrite)
+
+
+def graph_to_dataset(graph: Graph, path, partitions: int = 4, dtype: str = "float32",
+                     overwrite: bool = False) -> GraphDataset:
+    """A ``Graph`` in memory (e.g. ``sbm``) written as GCN datasets; the edges as stored (both
+    directions already), the splits the graph's own."""
+    path = Path(path)
+
+    def features(start, stop):
+        return graph.features[start:stop], graph.labels[start:stop]
+
+    chunks = ((graph.src[i:i + (1 << 20)], graph.dst[i:i + (1 << 20)]) for i in range(0, graph.n_edges, 1 << 20))
+    out = write_graph_dataset(path, graph.n_nodes, chunks, features, graph.n_classes, partitions,
+                              dtype=dtype, undirected=False, overwrite=overwrite)
+    if graph.weights is not None:
+        raise RelationError(f"graph_to_dataset '{graph.name}': weighted edges are not written yet; "
+                            f"use to_relations for a weighted graph")
+    onehot = np.eye(graph.n_classes)
+    for name, mask in (("train", graph.train), ("val", graph.val), ("test", graph.test)):
+        ids = np.flatnonzero(mask).astype(np.int64)
+        with DatasetWriter(path / name, ("id",), (), dtype, partitions, extents=(graph.n_nodes,),
+                           name=name.capitalize(), overwrite=True) as w:
+            w.write({"id": ids}, np.ones(len(ids)))
+    ids = np.flatnonzero(graph.train).astype(np.int64)
+    with DatasetWriter(path / "label_train", ("id",), (graph.n_classes,), dtype, partitions,
+                       extents=(graph.n_nodes,), name="Label_train", overwrite=True) as w:
+        w.write({"id": ids}, onehot[graph.labels[ids]])
+    return out
+
+
+def edge_list_dataset(source, path, n_nodes: int | None = None, n_features: int = 16, n_classes: int = 2,
+                      partitions: int = 4, columns: tuple[str, str] = ("src", "dst"), seed: int = 0,
+                      dtype: str = "float32", undirected: bool = True, overwrite: bool = False,
+                      chunk: int = 1 << 20) -> GraphDataset:
+    """A user's edge list (CSV/TSV with or without a header, or Parquet; two integer node-id
+    columns named by ``columns``) written as GCN datasets, streamed ``chunk`` rows at a time; the
+    node features and labels are SYNTHETIC (``block_features``) unless you write your own with
+    ``write_graph_dataset``. ``n_nodes`` defaults to the largest id + 1 (one extra pass)."""
+    tmp = Path(path) / "_edges"
+    Path(path).mkdir(parents=True, exist_ok=True)
+    ds = import_file(source, tmp, keys=columns, partitions=partitions, hash_by=(columns[0],),
+                     columns=columns, chunk_rows=chunk, overwrite=True, check_unique=False)
+    n = int(n_nodes if n_nodes is not None else max(ds.meta.extents))
+    if max(ds.meta.extents) > n:
+        raise RelationError(f"edge_list_dataset '{source}': node ids reach {max(ds.meta.extents) - 1}, "
+                            f"outside n_nodes={n}")
+
+    def chunks():
+        for lf in ds.shards():
+            e = lf.collect()
+            yield e[columns[0]].to_numpy(), e[columns[1]].to_numpy()
+    out = write_graph_dataset(path, n, chunks(), block_features(n_classes, n_features, seed), n_classes,
+                              partitions, seed=seed, dtype=dtype, undirected=undirected, overwrite=True)
+    shutil.rmtree(tmp)
+    return out
+
+
+def graph_relations(path, dtype=None) -> tuple[GraphRelations, Relation]:
+    """The GCN relations of a graph dataset (``write_graph_dataset``), and its training targets
+    (Label of the training nodes): stored relations naming the datasets, read by whoever runs
+    the plan (``wb.from_dataset``); nothing is read here."""
+    path = Path(path)
+    rel = {name: from_dataset(path / name, dtype=dtype, name=name.capitalize())
+           for name in ("node", "edge", "label", "train", "val", "test", "label_train")}
+    return (GraphRelations(rel["node"], rel["edge"], rel["label"], rel["train"], rel["val"], rel["test"]),
+            rel["label_train"])

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 
 from workbench.relation import Relation, default_dtype, from_frame
+from workbench.storage import Dataset, write_distinct
 
 
 @dataclass(frozen=True, eq=False)
@@ -179,3 +180,31 @@ def to_relation(matrix: SparseMatrix, dtype=None, name: str = "Entry") -> Relati
     frame = pl.DataFrame({"i": matrix.rows, "j": matrix.cols, "x": matrix.values})
     return from_frame(frame, keys=("i", "j"), value="x", extents=matrix.shape,
                       dtype=dtype or default_dtype(), name=name)
+
+
+def low_rank_dataset(path, n_rows: int, n_cols: int, rank: int, nnz: int, noise: float = 0.0,
+                     partitions: int = 4, seed: int = 0, chunk: int = 1 << 20, dtype: str = "float32",
+                     overwrite: bool = False) -> Dataset:
+    """``Entry(i, j) -> x_ij`` of a SYNTHETIC low-rank matrix (as ``low_rank``: x = W H^T at the
+    observed entries, + noise clipped at 0) written as a dataset hashed on ``i``, chunk by chunk:
+    about ``nnz`` distinct entries (draws that repeat an entry are dropped), memory O(chunk +
+    (n_rows + n_cols) * rank). The true factors are not stored; regenerate them from the seed."""
+    if min(n_rows, n_cols, rank, nnz) < 1:
+        raise ValueError(f"low_rank_dataset: n_rows, n_cols, rank and nnz must be positive, got "
+                         f"{(n_rows, n_cols, rank, nnz)}")
+    rng = np.random.default_rng([seed, 0])
+    scale = rank ** -0.5
+    w = rng.uniform(size=(n_rows, rank)) * scale
+    h = rng.uniform(size=(n_cols, rank)) * scale
+
+    def chunks():
+        for k, start in enumerate(range(0, nnz, chunk)):
+            r = np.random.default_rng([seed, 1, k])
+            m = min(chunk, nnz - start)
+            rows, cols = r.integers(0, n_rows, size=m), r.integers(0, n_cols, size=m)
+            x = np.einsum("ek,ek->e", w[rows], h[cols])
+            if noise:
+                x = np.maximum(x + noise * r.normal(size=m), 0.0)
+            yield {"i": rows, "j": cols}, x
+    return write_distinct(chunks(), path, ("i", "j"), partitions, ("i",), (n_rows, n_cols), dtype,
+                          "Entry", overwrite)

@@ -1,6 +1,8 @@
 """Executors behind one protocol (``base.Executor``): the local interpreter (``local``) and the
-partitioned runner on Ray (``ray``, imported on demand: it starts Ray). ``batched`` runs kernels
-over whole relations; ``partition`` hashes and splits relations into partitions."""
+partitioned runners on Ray, imported on demand (they import Ray): ``ray_resident`` (``wb.RayRunner``:
+one actor per partition holding its shards and intermediates across steps; ``ray_actor`` is the
+actor) and ``ray`` (one task per node and partition, through the object store). ``batched`` runs
+kernels over whole relations; ``partition`` hashes and splits relations into partitions."""
 import os
 
 # Ray resolves a loopback node address to the machine's external one unless this is off; with it

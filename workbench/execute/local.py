@@ -21,6 +21,7 @@ from workbench.execute import batched as K
 from workbench.execute.base import Context, Executor, NodeStats
 from workbench.physical import BlockProduct, JoinAggregate, PairJoin, SpMM
 from workbench.plan import Add, Aggregate, Join, Node, Scan, Select, toposort
+from workbench.storage import as_table
 from workbench.table import Table, spare_name
 
 
@@ -61,7 +62,7 @@ def run_node(node: Node, inputs: list[Table], ctx: LocalContext) -> Table:
 
 @run_node.register
 def _scan(node: Scan, inputs, ctx) -> Table:
-    return node.table
+    return as_table(node.table)  # a dataset's scan reads it here, once
 
 
 def check_unique(keys: pl.DataFrame, height: int, node: Node, what: str) -> None:

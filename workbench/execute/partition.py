@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 
 from workbench.plan import Schema
+from workbench.storage import shard_hash
 from workbench.table import Table, empty_keys
 
 MAX_PARTITIONS = 4096  # more partitions than this is a mistake on any cluster this runs on
@@ -55,17 +56,8 @@ def piece_meta(piece) -> tuple[int, int]:
 
 def destinations(keys: pl.DataFrame, cols: Sequence[str], n: int, parts: int) -> np.ndarray:
     """The partition of each row: a hash of the ``cols`` values, the same in every process (all 0
-    for no columns). Each column is folded in with the splitmix64 finalizer."""
-    h = np.zeros(n, np.uint64)
-    if not cols:
-        return h.astype(np.int64)
-    with np.errstate(over="ignore"):
-        for c in cols:
-            h = (h ^ keys[c].to_numpy().astype(np.uint64)) + np.uint64(0x9E3779B97F4A7C15)
-            h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            h ^= h >> np.uint64(31)
-    return (h % np.uint64(parts)).astype(np.int64)
+    for no columns); the hash partitioned datasets are written with (``storage.shard_hash``)."""
+    return shard_hash(keys, cols, n, parts)
 
 
 def split_piece(piece, cols: Sequence[str], parts: int) -> list:

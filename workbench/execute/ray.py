@@ -29,7 +29,11 @@ forward join made) without recomputing; only the outputs asked for are gathered 
         loss, grads = wb.value_and_grad(f, argnums=(1, 2), executor=runner)(*rels)
 
 Ray is started on loopback only (every server bound to 127.0.0.1, no dashboard) and shut down
-on exit, if this runner started it.
+on exit, if this runner started it; ``address=`` joins a running cluster instead.
+
+Where the per-partition work runs is a handful of methods (``run_apply``, ``run_split``,
+``run_gather``, ``run_partial``, ``run_final``, ``put_piece``, ``scan``, ``gather_parts``): here each
+is a task; ``workbench.execute.ray_resident`` runs them as operations of resident actors.
 """
 from __future__ import annotations
 
@@ -50,8 +54,9 @@ from workbench.execute.partition import (check_partitions, concat_pieces, empty_
 from workbench.execute.placement import (join_output_columns, keyless_output, pair_columns,
                                          renamed)
 from workbench.execute.ray_tasks import apply_task, final_task, gather_task, partial_task, split_task
-from workbench.physical import JoinAggregate, PairJoin
+from workbench.physical import JoinAggregate, PairJoin, SpMM
 from workbench.plan import Add, Aggregate, Join, Node, Scan, Schema, Select, toposort
+from workbench.storage import as_table
 from workbench.table import Table
 
 
@@ -70,6 +75,18 @@ RULES = (passes.drop_identity_selects, passes.common_subexpressions, fuse_partit
          passes.fuse_join_aggregates)
 
 
+@dataclass(frozen=True)
+class MetaAt:
+    """The (rows, bytes) of a partition: item ``index`` of the list that ``source`` (an ObjectRef,
+    or a queue of operations whose ``ref()`` sends it and gives one) resolves to."""
+
+    source: object
+    index: int
+
+    def object_ref(self):
+        return self.source if isinstance(self.source, ray.ObjectRef) else self.source.ref()
+
+
 @dataclass
 class Partitioned:
     """A relation as P pieces in the object store, hashed on the key columns ``by``."""
@@ -80,9 +97,11 @@ class Partitioned:
     metas: list  # per partition: (rows, bytes), or an ObjectRef to it
 
     def sizes(self) -> list[tuple[int, int]]:
-        refs = [m for m in self.metas if isinstance(m, ray.ObjectRef)]
-        got = iter(ray.get(refs))
-        return [next(got) if isinstance(m, ray.ObjectRef) else m for m in self.metas]
+        refs = list(dict.fromkeys(m.object_ref() if isinstance(m, MetaAt) else m for m in self.metas
+                                  if isinstance(m, (ray.ObjectRef, MetaAt))))
+        got = dict(zip(refs, ray.get(refs)))
+        return [got[m] if isinstance(m, ray.ObjectRef) else got[m.object_ref()][m.index]
+                if isinstance(m, MetaAt) else m for m in self.metas]
 
     def rows(self) -> list[int]:
         return [r for r, _ in self.sizes()]
@@ -132,16 +151,18 @@ class RayRunner(Executor):
     name = "ray"
     rules = RULES
 
-    def __init__(self, partitions: int = 4, num_cpus: int | None = None, **ray_init):
-        self.partitions = check_partitions(partitions, "RayRunner")
+    def __init__(self, partitions: int = 4, num_cpus: int | None = None, address: str | None = None,
+                 **ray_init):
+        self.partitions = check_partitions(partitions, type(self).__name__)
         self.num_cpus = num_cpus
+        self.address = address
         self.ray_init = ray_init
         self._started = False
         self._stored: dict = {}  # id(scanned Table) -> {hash columns: pieces per partition}
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> "RayRunner":
-        self._started = ray_cluster.start(self.num_cpus, **self.ray_init)
+        self._started = ray_cluster.start(self.num_cpus, address=self.address, **self.ray_init)
         cpus = ray_cluster.cpus()
         if self.partitions > PARTITIONS_PER_CPU * cpus:
             self.close()
@@ -181,7 +202,55 @@ class RayRunner(Executor):
             ctx.memo[node] = result
 
     def collect(self, result: "Partitioned") -> Table:
-        return result.collect()
+        return self.gather_parts(result)
+
+    # ---- where per-partition work runs: one task each (a subclass may run it elsewhere) ---------
+    def put_stub(self, node: Node):
+        return ray.put(_stub(node))
+
+    def put_piece(self, p: int, piece):
+        """A piece the driver holds, placed as partition ``p``."""
+        return ray.put(piece)
+
+    def run_apply(self, p: int, stub, groups: list[list]):
+        """``stub`` over partition ``p``; ``groups[i]``: the pieces of input i. (part, meta)."""
+        counts = tuple(len(g) for g in groups)
+        return apply_task.remote(stub, self._x64, counts, *[r for g in groups for r in g])
+
+    def run_split(self, part, cols: tuple[str, ...]) -> list:
+        """A part cut by the hash of ``cols``: one piece per partition."""
+        P = self.partitions
+        out = split_task.options(num_returns=P).remote(part, cols, P)
+        return [out] if P == 1 else list(out)
+
+    def run_gather(self, p: int, check, pieces: list):
+        return gather_task.remote(check, *pieces)
+
+    def run_partial(self, part, stub, mean: bool) -> list:
+        P = self.partitions
+        out = partial_task.options(num_returns=P).remote(stub, self._x64, mean, P, part)
+        return [out] if P == 1 else list(out)
+
+    def run_final(self, p: int, stub, mean: bool, pieces: list):
+        return final_task.remote(stub, self._x64, mean, *pieces)
+
+    def gather_parts(self, rel: "Partitioned") -> Table:
+        return rel.collect()
+
+    def release(self, parts: list) -> None:
+        """Parts no later operation reads (partial sums once split): dropped as soon as the
+        runner can (tasks' results go when their references do)."""
+
+    def scan(self, node: Scan) -> "Partitioned":
+        """A stored relation's partitions: split on the driver (hashed on all its keys) and put in
+        the object store, once per runner while the Table lives."""
+        by = node.schema.keys
+
+        def split() -> Partitioned:
+            pieces = split_piece(table_piece(as_table(node.table)), by, self.partitions)
+            return Partitioned(node.schema, by, [self.put_piece(p, x) for p, x in enumerate(pieces)],
+                               [piece_meta(x) for x in pieces])
+        return replace(self.stored(node.table, None, split), schema=node.schema)
 
     # ---- helpers the node functions share ------------------------------------------------------------
     @property
@@ -201,10 +270,8 @@ class RayRunner(Executor):
 
     def _hash_split(self, rel: Partitioned, cols: tuple[str, ...]) -> list:
         """The map side of a shuffle: for each partition, its pieces from every input partition."""
-        P = self.partitions
-        maps = [split_task.options(num_returns=P).remote(p, cols, P) for p in rel.parts]
-        maps = [[m] if P == 1 else list(m) for m in maps]
-        return [[m[p] for m in maps] for p in range(P)]
+        maps = [self.run_split(part, cols) for part in rel.parts]
+        return [[m[p] for m in maps] for p in range(self.partitions)]
 
     def stored(self, table: Table, cols, make):
         """The partitioning of a scanned Table on ``cols``, made once and kept while the Table
@@ -222,12 +289,10 @@ class RayRunner(Executor):
         """Run ``node`` per partition; ``inputs[i][p]`` lists the pieces of input i for partition p.
         ``by``: the output's hash columns, or None when the output has to be re-hashed on its keys.
         ``only_first``: every input lives in partition 0 (keyless), so only it is computed."""
-        stub = ray.put(_stub(node))
-        counts = tuple(len(inp[0]) for inp in inputs)
+        stub = self.put_stub(node)
         parts, metas = [], []
         for p in range(1 if only_first else self.partitions):
-            pieces = [ref for inp in inputs for ref in inp[p]]
-            piece, meta = apply_task.remote(stub, self._x64, counts, *pieces)
+            piece, meta = self.run_apply(p, stub, [inp[p] for inp in inputs])
             parts.append(piece)
             metas.append(meta)
         if only_first:
@@ -240,18 +305,17 @@ class RayRunner(Executor):
         """Pieces re-hashed on ``cols`` (the node's output keys), checking that they stay unique
         when the node's projection drops keys."""
         P = self.partitions
-        maps = [split_task.options(num_returns=P).remote(p, cols, P) for p in parts]
-        maps = [[m] if P == 1 else list(m) for m in maps]
-        check = ray.put(_stub(node)) if getattr(node, "drops_keys", False) else None
-        out = [gather_task.remote(check, *[m[p] for m in maps]) for p in range(P)]
+        maps = [self.run_split(part, cols) for part in parts]
+        check = self.put_stub(node) if getattr(node, "drops_keys", False) else None
+        out = [self.run_gather(p, check, [m[p] for m in maps]) for p in range(P)]
         return Partitioned(node.schema, cols, [o[0] for o in out], [o[1] for o in out])
 
     def _pad(self, schema: Schema, by, parts: list, metas: list) -> Partitioned:
         """A relation computed in partition 0 only: the other partitions are empty."""
         empty = empty_piece(schema)
-        ref = ray.put(empty)
-        n = self.partitions - len(parts)
-        return Partitioned(schema, by, parts + [ref] * n, metas + [piece_meta(empty)] * n)
+        rest = range(len(parts), self.partitions)
+        return Partitioned(schema, by, parts + [self.put_piece(p, empty) for p in rest],
+                           metas + [piece_meta(empty)] * len(rest))
 
 
 # ---- one function per node type -------------------------------------------------------------------
@@ -266,12 +330,7 @@ def _run(node: Node, inputs: list[Partitioned], runner: RayRunner, ctx: RayConte
 
 @_run.register
 def _scan(node: Scan, inputs, runner, ctx) -> Partitioned:
-    by = node.schema.keys  # hashed on all keys; a keyless relation lands in partition 0
-
-    def split() -> Partitioned:
-        pieces = split_piece(table_piece(node.table), by, runner.partitions)
-        return Partitioned(node.schema, by, [ray.put(p) for p in pieces], [piece_meta(p) for p in pieces])
-    return replace(runner.stored(node.table, None, split), schema=node.schema)
+    return runner.scan(node)
 
 
 @_run.register
@@ -347,29 +406,24 @@ def _join_aggregate(node: JoinAggregate, inputs, runner, ctx) -> Partitioned:
     layout, by, only_first = _layout(node.join, inputs, runner, ctx)
     if only_first or (node.by and by and set(by) <= set(node.by)):
         return runner.apply(node, layout, by if node.by else (), only_first)
-    stub = ray.put(_stub(node))
-    counts = tuple(len(inp[0]) for inp in layout)
-    P = runner.partitions
-    partial = [apply_task.remote(stub, runner._x64, counts, *[r for inp in layout for r in inp[p]])[0]
-               for p in range(P)]
-    maps = [split_task.options(num_returns=P).remote(p, node.by, P) for p in partial]
-    maps = [[m] if P == 1 else list(m) for m in maps]
-    final = ray.put(_stub(Aggregate(node.schema, node, node.by, "sum")))
+    stub = runner.put_stub(node)
+    partial = [runner.run_apply(p, stub, [inp[p] for inp in layout])[0] for p in range(runner.partitions)]
+    maps = [runner.run_split(part, node.by) for part in partial]
+    runner.release(partial)
+    final = runner.put_stub(Aggregate(node.schema, node, node.by, "sum"))
     return _final_sums(node, final, False, maps, runner)
 
 
 @_run.register
 def _aggregate(node: Aggregate, inputs, runner, ctx) -> Partitioned:
     (R,) = inputs
-    P = runner.partitions
     if not node.input.schema.keys:
         return runner.apply(node, [[[p] for p in R.parts]], (), only_first=True)
     if node.by and R.by and set(R.by) <= set(node.by):  # groups never span partitions
         return runner.apply(node, [[[p] for p in R.parts]], R.by)
     # partial sums per partition, shuffled on the group keys, summed again
-    partial, mean = ray.put(_stub(replace(node, reduction="sum"))), node.reduction == "mean"
-    maps = [partial_task.options(num_returns=P).remote(partial, runner._x64, mean, P, p) for p in R.parts]
-    maps = [[m] if P == 1 else list(m) for m in maps]
+    partial, mean = runner.put_stub(replace(node, reduction="sum")), node.reduction == "mean"
+    maps = [runner.run_partial(part, partial, mean) for part in R.parts]
     return _final_sums(node, partial, mean, maps, runner)
 
 
@@ -377,11 +431,30 @@ def _final_sums(node: Node, final, mean: bool, maps: list, runner) -> Partitione
     """Sum the partial sums shuffled to each partition (``maps[i][p]``: map i's share for p),
     grouped by ``node.by``; a keyless result is one group, in partition 0."""
     n_out = runner.partitions if node.by else 1
-    out = [final_task.remote(final, runner._x64, mean, *[m[p] for m in maps]) for p in range(n_out)]
+    out = [runner.run_final(p, final, mean, [m[p] for m in maps]) for p in range(n_out)]
     parts, metas = [o[0] for o in out], [o[1] for o in out]
     if not node.by:
         return runner._pad(node.schema, (), parts, metas)
     return Partitioned(node.schema, node.by, parts, metas)
+
+
+@_run.register
+def _spmm(node: SpMM, inputs, runner, ctx) -> Partitioned:
+    """Y(r) = sum_c E(r, c) X(c) by partition: E hashed on c meets X hashed on its key, the local
+    sparse product gives partial sums by r, shuffled on r and summed; with ``rows``, only the r
+    that ``rows`` holds are kept (after the sum, where ``rows`` is hashed on r too). Runners whose
+    rules rewrite to SpMM implement ``run_sums``."""
+    edges = runner.shuffle(node.edge, inputs[0], (node.col_key,), ctx)
+    dense = runner.shuffle(node.dense, inputs[1], node.dense.schema.keys, ctx)
+    stub = runner.put_stub(replace(node, rows=None))
+    partial = [runner.run_apply(p, stub, [edges[p], dense[p]])[0] for p in range(runner.partitions)]
+    maps = [runner.run_split(part, (node.out_key,)) for part in partial]
+    runner.release(partial)
+    keep = None if node.rows is None else runner.shuffle(node.rows, inputs[2], node.rows.schema.keys, ctx)
+    final = runner.put_stub(Aggregate(node.schema, node, (node.out_key,), "sum"))
+    out = [runner.run_sums(p, final, [m[p] for m in maps], None if keep is None else keep[p])
+           for p in range(runner.partitions)]
+    return Partitioned(node.schema, (node.out_key,), [o[0] for o in out], [o[1] for o in out])
 
 
 @_run.register

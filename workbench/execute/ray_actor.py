@@ -1,0 +1,361 @@
+"""The resident partition: one Ray actor per partition that holds its shards and a run's
+intermediates in its own memory (``slots``), runs a batch of per-partition operations per call,
+and keeps the key-side work of a training run between its steps.
+
+Operations (``run``'s ``ops``), each naming slots by the driver's numbers:
+
+    load     read partition p of a dataset from its Parquet shards (the actor reads; nothing
+             crosses the driver)
+    put      hold a piece the driver sent (a relation built in memory)
+    apply    the local executor's function for one plan node over held slots and received pieces
+    gather   concatenate received pieces (a shuffle's reduce side), optionally checking keys unique
+    final    sum partial sums (and counts, for a mean) received from every partition
+    split    a held slot cut into P pieces by a hash of some key columns: the call's outputs
+    partial  partial sums (and counts) of a held slot, cut by the group keys: the call's outputs
+    export   a held slot as a piece: the call's output (a broadcast, or a gathered result)
+    update   an optimizer step of a held parameter partition with its gradient, in place
+    free     drop slots
+
+Key-side work once per run: every key frame that enters or leaves an operation is replaced by an
+equal frame the actor already holds (``_canon``: same columns, height and content), and the plan
+node an operation runs reads stub scans chosen by the identity of those frames. The local
+executor caches a join's match under its input nodes, so a step whose key frames equal the last
+step's reuses every match (and a split reuses its routes): only values are recomputed. Entries
+not used in the last few runs are dropped.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import polars as pl
+import ray
+
+from workbench.errors import PlanError
+from workbench.execute.local import LocalContext, check_unique, run_node
+from workbench.execute.partition import concat_pieces, destinations, piece_meta, piece_table, table_piece
+from workbench.plan import Node, Scan
+from workbench.storage import Dataset
+from workbench.table import Table
+
+WRITES = ("load", "put", "apply", "gather", "final", "sums", "update")  # operations that write a slot
+KEEP_RUNS = 4  # cached key frames, matches and routes unused for this many runs are dropped
+
+
+class MissingState(RuntimeError):
+    """A slot the driver names is not held here: the actor restarted and lost its memory. The
+    driver reloads the partitions and runs the step again."""
+
+
+class Partition:
+    """One partition's state and operations (a plain class; ``PartitionActor`` runs it in Ray)."""
+
+    def __init__(self, index: int):
+        self.index = index
+        self.incarnation = time.time_ns()  # a restarted actor has a new one
+        self.slots: dict[int, tuple] = {}  # slot -> piece (keys, values[, more arrays])
+        self.ctx = LocalContext()  # its ``matches`` persist across the steps of a run
+        self._frames: dict[tuple, list] = {}  # (columns, height) -> canonical frames
+        self._used: dict[int, int] = {}  # id(canonical frame) -> the last run that used it
+        self._stubs: dict[tuple, Scan] = {}  # (id(frame), schema, name) -> stub scan
+        self._routes: dict[tuple, tuple] = {}  # (id(frame), cols, parts) -> (order, bounds)
+        self._empty = pl.DataFrame()
+        self.run_id = 0
+        self.params: dict[int, dict] = {}  # slot -> optimizer state of a held parameter
+        self.failed: dict[int, Exception] = {}  # slot -> the error of the operation that was to write it
+        self.stored: set[int] = set()  # slots of stored relations (loaded or sent): read every step
+        self._slot_tables: dict[int, Table] = {}  # their Tables, made once
+
+    # ---- key identity ------------------------------------------------------------------------
+    def _canon(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """An equal frame this actor already holds, else ``frame`` itself, remembered."""
+        if not frame.width:
+            return self._empty
+        bucket = self._frames.setdefault((tuple(frame.columns), frame.height), [])
+        for f in bucket:
+            if f is frame or f.equals(frame):
+                self._used[id(f)] = self.run_id
+                return f
+        bucket.append(frame)
+        self._used[id(frame)] = self.run_id
+        if len(bucket) > 16:  # many distinct frames of one shape: forget the oldest
+            self._drop_frames({id(bucket[0])})
+        return frame
+
+    def _stub(self, keys: pl.DataFrame, height: int, node: Node) -> Scan:
+        """The stub scan an operation's input is: one per (key frame, schema), so the local
+        executor's match cache (keyed by input nodes) is keyed by the key frames."""
+        k = (id(keys), height if not keys.width else -1, node.schema, node.display_name)
+        stub = self._stubs.get(k)
+        if stub is None:
+            stub = self._stubs[k] = Scan(node.schema, None, name=node.display_name)
+        return stub
+
+    def _drop_frames(self, ids: set) -> None:
+        for key in list(self._frames):
+            self._frames[key] = [f for f in self._frames[key] if id(f) not in ids]
+            if not self._frames[key]:
+                del self._frames[key]
+        for i in ids:
+            self._used.pop(i, None)
+        dead = {s for k, s in self._stubs.items() if k[0] in ids}
+        self._stubs = {k: s for k, s in self._stubs.items() if k[0] not in ids}
+        self._routes = {k: r for k, r in self._routes.items() if k[0] not in ids}
+        if dead:
+            self.ctx.matches = {k: m for k, m in self.ctx.matches.items() if not _mentions(k, dead)}
+
+    def _begin(self, run_id: int) -> None:
+        if run_id != self.run_id:
+            self.run_id = run_id
+            old = {i for i, r in self._used.items() if r < run_id - KEEP_RUNS}
+            if old:
+                self._drop_frames(old)
+
+    # ---- the operations ------------------------------------------------------------------------
+    def _piece(self, slot: int):
+        try:
+            return self.slots[slot]
+        except KeyError:
+            if slot in self.failed:  # an earlier operation failed: the same error, not a fault
+                raise self.failed[slot] from None
+            raise MissingState(f"partition {self.index}: slot {slot} is not held (the worker "
+                               f"restarted)") from None
+
+    def _hold(self, slot: int, piece) -> tuple[int, int]:
+        keys = self._canon(piece[0])
+        piece = (keys, *piece[1:])
+        self.slots[slot] = piece
+        return piece_meta(piece)
+
+    def _inputs(self, specs, args):
+        """The pieces named by ``specs``: per input, a list of ("slot", n) or ("arg", i). A stored
+        relation's slot alone comes as its one Table (the same object every step, so caches keyed
+        by the table, such as a sparse product's CSR, persist)."""
+        out = []
+        for group in specs:
+            if len(group) == 1 and group[0][0] == "slot" and group[0][1] in self.stored:
+                slot = group[0][1]
+                if slot not in self._slot_tables:
+                    keys, values = self._piece(slot)[:2]
+                    self._slot_tables[slot] = Table(keys, jnp.asarray(values))
+                out.append(self._slot_tables[slot])
+                continue
+            pieces = [self._piece(v) if kind == "slot" else args[v] for kind, v in group]
+            out.append(concat_pieces(pieces) if pieces else None)
+        return out
+
+    def run(self, run_id: int, x64: bool, ops: list, args: tuple):
+        """Run ``ops`` in order; returns (metas of the slots written, outputs of the last op)."""
+        if jax.config.read("jax_enable_x64") != x64:
+            jax.config.update("jax_enable_x64", x64)
+        self._begin(run_id)
+        metas, outputs = [], []
+        for at, op in enumerate(ops):
+            try:
+                self._run_op(op, args, metas, outputs)
+            except Exception as exc:  # the slots this batch was to write fail with the same error
+                for later in ops[at:]:
+                    if later[0] in WRITES:
+                        self.failed[later[1]] = exc
+                raise
+        return metas, outputs
+
+    def _run_op(self, op: tuple, args: tuple, metas: list, outputs: list) -> None:
+        kind = op[0]
+        if kind == "load":
+            _, slot, path, parts, cols, dtype = op
+            t = Dataset(path).read_partition(self.index, parts, cols, dtype)
+            metas.append(self._hold(slot, table_piece(t)))
+            self.stored.add(slot)
+        elif kind == "put":
+            _, slot, arg = op
+            metas.append(self._hold(slot, args[arg]))
+            self.stored.add(slot)
+        elif kind == "apply":
+            _, slot, node_arg, specs = op
+            metas.append(self._hold(slot, self._apply(args[node_arg], self._inputs(specs, args))))
+        elif kind == "gather":
+            _, slot, check_arg, specs = op
+            (piece,) = map(_as_piece, self._inputs(specs, args))
+            if check_arg is not None:
+                check = args[check_arg]
+                check_unique(piece[0], int(piece[1].shape[0]), check, f"{check.kind} '{check.display_name}'")
+            metas.append(self._hold(slot, piece))
+        elif kind == "final":
+            _, slot, node_arg, mean, specs = op
+            metas.append(self._hold(slot, self._final(args[node_arg], mean, _as_piece(self._inputs(specs, args)[0]))))
+        elif kind == "sums":
+            _, slot, node_arg, specs = op
+            inputs = self._inputs(specs, args)
+            metas.append(self._hold(slot, self._sums(args[node_arg], _as_piece(inputs[0]),
+                                                     inputs[1] if len(inputs) > 1 else None)))
+        elif kind == "split":
+            _, slot, cols, parts = op
+            outputs.extend(self._split(self._piece(slot), cols, parts))
+        elif kind == "partial":
+            _, slot, node_arg, mean, parts = op
+            outputs.extend(self._partial(args[node_arg], mean, self._piece(slot), parts))
+        elif kind == "export":
+            outputs.append(self._piece(op[1]))
+        elif kind == "update":
+            _, slot, param_slot, grad_slot, rule, hyper, step = op
+            metas.append(self._update(slot, param_slot, grad_slot, rule, hyper, step))
+        elif kind == "free":
+            for s in op[1]:
+                self.slots.pop(s, None)
+                self.params.pop(s, None)
+                self.failed.pop(s, None)
+                self.stored.discard(s)
+                self._slot_tables.pop(s, None)
+        else:
+            raise ValueError(f"partition {self.index}: unknown operation {kind!r}")
+
+    def _tables(self, node: Node, pieces) -> tuple[Node, list[Table]]:
+        tables, stubs = [], []
+        for i, piece in zip(node.inputs, pieces):
+            if isinstance(piece, Table):
+                t = piece
+                keys = t.keys
+            else:
+                keys = self._canon(piece[0])
+                t = Table(keys, jnp.asarray(piece[1]))
+            tables.append(t)
+            stubs.append(self._stub(keys, t.height, i))
+        return node.with_inputs(stubs), tables
+
+    def _apply(self, node: Node, pieces):
+        node, tables = self._tables(node, pieces)
+        return table_piece(run_node(node, tables, self.ctx))
+
+    def _split(self, piece, cols: tuple[str, ...], parts: int) -> list:
+        """``piece`` cut by the hash of ``cols``: its route (row order and bounds) is computed once
+        per key frame."""
+        keys = self._canon(piece[0])
+        n = int(piece[1].shape[0])
+        route = self._routes.get((id(keys), cols, parts))
+        if route is None or not keys.width:
+            dest = destinations(keys, cols, n, parts)
+            order = np.argsort(dest, kind="stable")
+            route = (order, np.searchsorted(dest[order], np.arange(parts + 1)))
+            if keys.width:
+                self._routes[(id(keys), cols, parts)] = route
+        order, bounds = route
+        out = []
+        for p in range(parts):
+            rows = order[bounds[p]:bounds[p + 1]]
+            out.append((keys[rows] if keys.width else keys, *(np.asarray(a)[rows] for a in piece[1:])))
+        return out
+
+    def _partial(self, node: Node, mean: bool, piece, parts: int) -> list:
+        node, (t,) = self._tables(node, [piece])
+        sums = run_node(node, [t], self.ctx)
+        out = (sums.keys, np.asarray(sums.values))
+        if mean:
+            counts = run_node(node, [Table(t.keys, jnp.ones(t.height, t.values.dtype))], self.ctx)
+            out = (*out, np.asarray(counts.values))
+        return self._split(out, node.by, parts)
+
+    def _final(self, node: Node, mean: bool, piece):
+        node, (t,) = self._tables(node, [piece[:2]])
+        sums = run_node(node, [t], self.ctx)
+        values = np.asarray(sums.values)
+        if mean:
+            counts = np.asarray(run_node(node, [Table(t.keys, jnp.asarray(piece[2]))], self.ctx).values)
+            if not node.by and not counts.any():
+                raise PlanError(f"aggregate mean over '{node.input.display_name}': the relation is empty, "
+                                f"so its mean is undefined")
+            values = values / counts.reshape((-1,) + (1,) * (values.ndim - 1))  # mean = sum / |group|
+        return sums.keys, values
+
+    def _sums(self, node: Node, piece, keep):
+        """The sums by ``node.by`` of the partial sums in ``piece``; with ``keep``, only the groups
+        whose keys ``keep`` holds (a semi-join on the keys)."""
+        node, (t,) = self._tables(node, [piece[:2]])
+        sums = run_node(node, [t], self.ctx)
+        keys, values = sums.keys, np.asarray(sums.values)
+        if keep is not None:
+            kk = keep.keys if isinstance(keep, Table) else keep[0]
+            wanted = kk.rename(dict(zip(kk.columns, node.by))).select(node.by)
+            rows = keys.with_row_index("_row").join(wanted, on=list(node.by), how="semi")["_row"].to_numpy()
+            keys, values = keys[rows], values[rows]
+        return keys, values
+
+    def _update(self, slot: int, param_slot: int, grad_slot: int, rule: str, hyper: dict, step: int):
+        """One optimizer step of the parameter partition in ``param_slot`` with the gradient
+        partition in ``grad_slot`` (lined up by key; absent gradient tuples are zero), written to
+        ``slot`` with its optimizer state (the old slot is left as it was):
+
+            sgd:  v <- mu v + g;  p <- p - lr v
+            adam: m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g²;
+                  p <- p - lr m̂ / (sqrt(v̂) + eps),  m̂ = m / (1 - b1^t), v̂ = v / (1 - b2^t)
+        """
+        keys, p = self._piece(param_slot)[:2]
+        dtype = np.asarray(p).dtype
+        p = np.asarray(p)
+        gkeys, g = self._piece(grad_slot)[:2]
+        g = _align(keys, gkeys, np.asarray(g), p.shape)
+        state = dict(self.params.get(param_slot, {}))
+        self.params[slot] = state
+        if rule == "sgd":
+            v = hyper["momentum"] * state.get("v", np.zeros_like(p)) + g
+            p = p - hyper["lr"] * v
+            state["v"] = v
+        elif rule == "adam":
+            b1, b2 = hyper["b1"], hyper["b2"]
+            m = b1 * state.get("m", np.zeros_like(p)) + (1 - b1) * g
+            v = b2 * state.get("v", np.zeros_like(p)) + (1 - b2) * g * g
+            m_hat, v_hat = m / (1 - b1 ** step), v / (1 - b2 ** step)
+            p = p - hyper["lr"] * m_hat / (np.sqrt(v_hat) + hyper["eps"])
+            state["m"], state["v"] = m, v
+        else:
+            raise ValueError(f"partition {self.index}: unknown update rule {rule!r}")
+        if hyper.get("nonnegative"):
+            p = np.maximum(p, 0.0)  # projected gradient: back onto p >= 0
+        self.slots[slot] = (keys, np.asarray(p, dtype=dtype))
+        return piece_meta(self.slots[slot])
+
+
+def _as_piece(x):
+    """A piece from a piece or a Table."""
+    return (x.keys, np.asarray(x.values)) if isinstance(x, Table) else x
+
+
+def _align(keys: pl.DataFrame, gkeys: pl.DataFrame, g: np.ndarray, shape) -> np.ndarray:
+    """Gradient values in the row order of ``keys`` (zeros where the gradient has no tuple)."""
+    if keys.width == 0 or (gkeys.height == keys.height and gkeys.select(keys.columns).equals(keys)):
+        return g if len(g) else np.zeros(shape, g.dtype)
+    out = np.zeros(shape, g.dtype)
+    pairs = keys.with_row_index("_p").join(gkeys.select(keys.columns).with_row_index("_g"), on=keys.columns)
+    out[pairs["_p"].to_numpy()] = g[pairs["_g"].to_numpy()]
+    return out
+
+
+def _mentions(key, stubs: set) -> bool:
+    """Whether a match-cache key (nested tuples of nodes and names) mentions one of ``stubs``."""
+    if isinstance(key, tuple):
+        return any(_mentions(k, stubs) for k in key)
+    return isinstance(key, Scan) and key in stubs
+
+
+@ray.remote
+class PartitionActor:
+    """``Partition`` in a Ray actor (see the module docstring)."""
+
+    def __init__(self, index: int):
+        self.part = Partition(index)
+
+    def ping(self) -> tuple[int, int]:
+        return self.part.index, self.part.incarnation
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def run(self, run_id: int, x64: bool, ops: list, *args):
+        metas, outputs = self.part.run(run_id, x64, ops, args)
+        return (metas, *outputs) if outputs else metas

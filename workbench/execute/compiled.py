@@ -103,6 +103,24 @@ def _index(rows: np.ndarray | None, n_in: int, n_out: int, slots: list) -> tuple
     return GATHER, len(slots) - 1
 
 
+def _kernel_arguments(node: Node, kernel, how: list, values, index) -> tuple[list, tuple]:
+    """A kernel's arguments over a step's tuples and their ``vmap`` axes: an input the kernel
+    never reads is one zero, shared; a one-tuple input (``SHARED``) its one value, shared; any
+    other its rows, gathered through its index array when it has one."""
+    args, axes = [], []
+    for i, (mode, slot) in enumerate(how):
+        if not kernel.uses[i]:
+            args.append(jnp.zeros(node.inputs[i].schema.value_shape, node.schema.dtype))
+            axes.append(None)
+        elif mode == SHARED:
+            args.append(values[i][0])
+            axes.append(None)
+        else:
+            args.append(values[i] if mode == ALL else values[i][index[slot]])
+            axes.append(0)
+    return args, tuple(axes)
+
+
 # ---- value steps, as data: what the demand and restriction passes read and rewrite -------------
 
 @dataclass
@@ -554,21 +572,11 @@ class CompiledPlan:
                 return read(values, index, 0)
             if n == 0:
                 return jnp.zeros((0, *shape), dtype)
-            args, axes = [], []
-            for i, (mode, _) in enumerate(how):
-                if not kernel.uses[i]:  # an argument the kernel never reads: one zero, shared
-                    args.append(jnp.zeros(node.inputs[i].schema.value_shape, dtype))
-                    axes.append(None)
-                elif mode == SHARED:
-                    args.append(values[i][0])
-                    axes.append(None)
-                else:
-                    args.append(read(values, index, i))
-                    axes.append(0)
+            args, axes = _kernel_arguments(node, kernel, how, values, index)
             if all(a is None for a in axes):  # one evaluation, broadcast to every tuple
                 one = kernel.fn(*args)
                 return jnp.broadcast_to(one, (n, *one.shape))
-            return jax.vmap(kernel.fn, in_axes=tuple(axes))(*args)
+            return jax.vmap(kernel.fn, in_axes=axes)(*args)
 
         return step
 
@@ -584,7 +592,6 @@ class CompiledPlan:
                                        node.schema.dtype)
         if factors is None:
             return None
-        dtype = node.schema.dtype
         how = [_index(r, h, n, self.index) if spec.read(i) else (ALL, None)
                for i, (r, h) in enumerate(zip(spec.reads, n_in))]
         batched = [i for i, (mode, _) in enumerate(how) if kernel.uses[i] and mode != SHARED]
@@ -598,18 +605,8 @@ class CompiledPlan:
         contract = (((0,), (0,)), ((), ()))
 
         def step(values, index):
-            args, axes = [], []
-            for i, (mode, slot) in enumerate(how):
-                if not kernel.uses[i]:  # an argument the kernel never reads: one zero, shared
-                    args.append(jnp.zeros(node.inputs[i].schema.value_shape, dtype))
-                    axes.append(None)
-                elif mode == SHARED:
-                    args.append(values[i][0])
-                    axes.append(None)
-                else:
-                    args.append(values[i] if mode == ALL else values[i][index[slot]])
-                    axes.append(0)
-            a, b = jax.vmap(factors, in_axes=tuple(axes), out_axes=0)(*args)
+            args, axes = _kernel_arguments(node, kernel, how, values, index)
+            a, b = jax.vmap(factors, in_axes=axes, out_axes=0)(*args)
             if a.shape[1] <= b.shape[1]:
                 total = jax.lax.dot_general(a, b, contract)  # (p, q) = A^T B
             else:  # B^T A with its long axis last, then (B^T A)^T = A^T B, kept in that order

@@ -1,11 +1,14 @@
-"""The paper's figures (``workbench.reproduce``): the measuring pieces, and a quick run of the
-figures that need no cluster, which writes each figure's picture, numbers and summary."""
+"""The paper's figures (``workbench.reproduce``): the measuring pieces, and quick runs that
+write each figure's picture, numbers and summary (the runner's figures start and stop Ray in
+their own processes)."""
 import csv
 
 import jax
+import numpy as np
 
 import workbench as wb
 from workbench import grid, reproduce
+from workbench.datasets import graphs
 
 jax.config.update("jax_enable_x64", True)
 
@@ -51,3 +54,66 @@ def test_quick_rjp_figure_is_written(tmp_path):
         assert float(r["max_relative_error"]) < 1e3 * reproduce.EPS[r["dtype"]]
     assert "largest / machine epsilon" in fig.md.read_text()
     assert (tmp_path / "paper_summary.md").read_text().count("paper_rjp_vjp.png") == 1
+
+
+def _rows(path):
+    rows = list(csv.DictReader(open(path)))
+    for r in rows:
+        for k in ("oom", "timeout", "over_machine"):
+            r[k] = r[k] == "True"
+        for k in ("seconds", "process_mb", "driver_mb", "actor_mb", "cap_mb", "first_loss"):
+            r[k] = float(r[k])
+        r["partitions"] = int(r["partitions"])
+    return rows
+
+
+def _check_measurements(rows, parts):
+    """Every run finished or was marked; a mark only where a process passed the cap; the
+    runner's first loss is the local executor's (the same program on the same data)."""
+    for r in rows:
+        assert r["process_mb"] > 0
+        assert r["oom"] == (r["process_mb"] > r["cap_mb"]), r
+        if not (r["oom"] or r["timeout"] or r["over_machine"]):
+            assert r["seconds"] > 0 and np.isfinite(r["first_loss"])
+        if r["system"] == "runner" and not r["oom"]:
+            assert 0 < r["driver_mb"] <= r["process_mb"] and 0 < r["actor_mb"] <= r["process_mb"]
+    assert sorted(r["partitions"] for r in rows if r["system"] == "runner") == sorted(parts)
+    local = next(r for r in rows if r["system"] == "local")
+    for r in rows:
+        if np.isfinite(r["first_loss"]):
+            assert abs(r["first_loss"] - local["first_loss"]) <= 1e-4 * abs(local["first_loss"]), r
+
+
+def test_quick_scaling_and_other_models_figures_are_written(tmp_path):
+    """The two figures that need the resident runner: each starts Ray in its own process and
+    stops it; the numbers are sane for every graph size, data size and partition count."""
+    scaling, others = reproduce.reproduce(tmp_path, quick=True, only=["scaling", "other_models"])
+    for fig in (scaling, others):
+        assert fig.png.stat().st_size > 10_000
+    rows = _rows(scaling.csv)
+    scales = sorted({r["scale"] for r in rows})
+    assert len(scales) == 2
+    for s in scales:
+        mine = [r for r in rows if r["scale"] == s]
+        assert {r["system"] for r in mine} == {"local", "jax", "runner"}
+        _check_measurements(mine, (1, 2))
+    text = scaling.md.read_text()
+    assert "≈295" in text and "runner P=2" in text and "capped at" in text
+    rows = _rows(others.csv)
+    assert {r["model"] for r in rows} == {"nnmf", "kge"}
+    for model in ("nnmf", "kge"):
+        for size in {r["size"] for r in rows if r["model"] == model}:
+            _check_measurements([r for r in rows if r["model"] == model and r["size"] == size], (2,))
+    assert "1.9 billion" in others.md.read_text()
+    summary = (tmp_path / "paper_summary.md").read_text()
+    assert summary.index("paper_scaling.png") < summary.index("paper_other_models.png")
+
+
+def test_a_baseline_over_the_cap_is_marked_out_of_memory(tmp_path):
+    """A cap below what a Python process with JAX holds: the GCN baseline is killed and marked."""
+    path = tmp_path / "g"
+    graphs.rmat_dataset(path, 8, 4, 8, 4, partitions=2)
+    r = reproduce._one_process("gcn", path, 8, "local", 1, cap_mb=150)
+    assert r["oom"] and r["process_mb"] > 150 and not np.isfinite(r["seconds"])
+    r = reproduce._one_process("gcn", path, 8, "jax", 1, cap_mb=4096)
+    assert not r["oom"] and r["seconds"] > 0 and len(r["losses"]) == 2

@@ -33,8 +33,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
-from jax.experimental import sparse as jsparse
 
 import workbench as wb
 from workbench.datasets import graphs
@@ -100,32 +98,6 @@ def workbench_step(graph, hidden: int, compiled: bool, labelled: np.ndarray | No
     return run, step
 
 
-def jax_steps(graph, hidden: int, labelled: np.ndarray | None = None):
-    W1, W2 = gcn.init_params(graph.n_features, hidden, graph.n_classes, seed=0, dtype="float32")
-    w1, w2 = W1.table().values[0], W2.table().values[0]
-    x = jnp.asarray(graph.features, jnp.float32)
-    src, dst, w = graphs.normalized_edges(graph)
-    y = jnp.asarray(np.eye(graph.n_classes)[graph.labels], jnp.float32)
-    n = graph.n_nodes
-    mask = np.ones(n, np.float32)  # 1 for a labelled node
-    if labelled is not None:
-        mask = np.zeros(n, np.float32)
-        mask[labelled] = 1.0
-    count = float(mask.sum())
-    mask = jnp.asarray(mask)
-    # dense_loss: sum(-sum(y_train * log_softmax(z))) / n_train, y_train zero on unlabelled rows
-    g = gcn.DenseGraph(jnp.asarray(src, jnp.int32), jnp.asarray(dst, jnp.int32), jnp.asarray(w, jnp.float32),
-                       y * mask[:, None], jnp.asarray(count, jnp.float32))
-    seg = jax.jit(jax.value_and_grad(gcn.dense_loss, argnums=(1, 2)))
-    A = jsparse.BCSR.from_scipy_sparse(sp.csr_matrix((w.astype(np.float32), (dst, src)), shape=(n, n)))
-
-    def bcsr_loss(x, w1, w2, A):
-        z = A @ (jax.nn.relu(A @ (x @ w1)) @ w2)
-        return jnp.sum(mask * -jnp.sum(y * jax.nn.log_softmax(z), axis=1)) / count
-    bc = jax.jit(jax.value_and_grad(bcsr_loss, argnums=(1, 2)))
-    return (lambda: seg(x, w1, w2, g)), (lambda: bc(x, w1, w2, A))
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
@@ -144,7 +116,7 @@ def main(argv=None) -> None:
         graph = graphs.sbm(n, c, 2 * m / n, d, n_edges=m, seed=0, name=name)
         labelled = labelled_nodes(graph, args.labelled)
         wb_run, step = workbench_step(graph, h, compiled=True, labelled=labelled)
-        seg_run, bc_run = jax_steps(graph, h, labelled)
+        seg_run, bc_run = gcn.jax_peers(graph, h, labelled)
         (wb_first, wb_t), (seg_first, seg_t), (bc_first, bc_t) = interleaved(
             [wb_run, seg_run, bc_run], args.repeat)
         interp_t = float("nan")

@@ -12,7 +12,6 @@ import pytest
 import workbench as wb
 from workbench import programs, viz
 from workbench.explore import HEIGHT
-from workbench.plan import toposort
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("WORKBENCH_UPDATE_GOLDEN") == "1"

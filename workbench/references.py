@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from workbench.datasets import graphs, knowledge, matrices
+from workbench.datasets import knowledge, matrices
 from workbench.models import gcn, kge, logreg, nmf_dense, nnmf
 
 
@@ -360,7 +360,7 @@ def run(names: Sequence[str] | None = None, opt: Options | None = None,
     status = verdicts(rows)
     short = [r for r in rows if not r.ok]
     out(f"\n{len(rows) - len(short)} of {len(rows)} rows meet their reference "
-        f"({time.perf_counter() - start:.0f} s)" + (f"; short: " + ", ".join(
+        f"({time.perf_counter() - start:.0f} s)" + ("; short: " + ", ".join(
             f"{r.model} on {r.data}" for r in short) if short else ""))
     if opt.figures is not None:
         out(f"training curves: {opt.figures}/check_*.png")

@@ -23,8 +23,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import matplotlib
-import scipy.sparse as sp
-from jax.experimental import sparse as jsparse
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -394,7 +392,8 @@ def _width_programs(system, n_nodes, n_edges, n_features, hidden, n_classes):
     graph = _graph(n_nodes, n_edges, n_features, n_classes)
     if system == "workbench":
         return _workbench_step(graph, hidden)
-    return _jax_step(graph, hidden, bcsr=(system == "jax_bcsr"))
+    segment_sum, bcsr = gcn.jax_peers(graph, hidden)
+    return bcsr if system == "jax_bcsr" else segment_sum
 
 
 def _graph(n_nodes, n_edges, n_features, n_classes):
@@ -411,27 +410,6 @@ def _workbench_step(graph, hidden: int):
         loss, (g1, g2) = step(rels.node, W1, W2)
         return loss.table().values, g1.table().values, g2.table().values
     return run
-
-
-def _jax_step(graph, hidden: int, bcsr: bool):
-    W1, W2 = gcn.init_params(graph.n_features, hidden, graph.n_classes, seed=0, dtype="float32")
-    w1, w2 = W1.table().values[0], W2.table().values[0]
-    x = jnp.asarray(graph.features, jnp.float32)
-    src, dst, w = graphs.normalized_edges(graph)
-    y = jnp.asarray(np.eye(graph.n_classes)[graph.labels], jnp.float32)
-    n = graph.n_nodes
-    if not bcsr:  # gathers and segment_sum: the per-edge messages are built
-        g = gcn.DenseGraph(jnp.asarray(src, jnp.int32), jnp.asarray(dst, jnp.int32),
-                           jnp.asarray(w, jnp.float32), y, jnp.asarray(float(n), jnp.float32))
-        step = jax.jit(jax.value_and_grad(gcn.dense_loss, argnums=(1, 2)))
-        return lambda: step(x, w1, w2, g)
-    A = jsparse.BCSR.from_scipy_sparse(sp.csr_matrix((w.astype(np.float32), (dst, src)), shape=(n, n)))
-
-    def loss(x, w1, w2, A):  # mean softmax cross-entropy of A relu(A X W1) W2
-        z = A @ (jax.nn.relu(A @ (x @ w1)) @ w2)
-        return jnp.mean(-jnp.sum(y * jax.nn.log_softmax(z), axis=1))
-    step = jax.jit(jax.value_and_grad(loss, argnums=(1, 2)))
-    return lambda: step(x, w1, w2, A)
 
 
 SYSTEM_LABELS = {"workbench": "workbench (compiled, SpMM rewrite)", "jax_segment_sum": "JAX segment_sum",

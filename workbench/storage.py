@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workbench.errors import RelationError
-from workbench.table import Table, empty_keys
+from workbench.table import ReadOnFirstUse, Table, empty_keys
 
 META = "meta.json"
 FORMAT = 1
@@ -332,7 +332,7 @@ class Dataset:
                 f"{self.rows} tuples in {m.partitions} shards hashed on {m.hash_by})")
 
 
-class StoredTable:
+class StoredTable(ReadOnFirstUse):
     """What the TableScan of a dataset holds: the dataset, and its keys and values once read
     (``keys``, ``values``, ``height`` read the whole dataset on first use, as a Table would hold
     it; a partitioned runner reads ``dataset`` shard by shard instead and never touches them)."""
@@ -348,23 +348,8 @@ class StoredTable:
         return self._table
 
     @property
-    def keys(self) -> pl.DataFrame:
-        return self.table().keys
-
-    @property
-    def values(self):
-        return self.table().values
-
-    @property
     def height(self) -> int:
         return self.table().height if self._table is not None else self.dataset.rows
-
-    @property
-    def nbytes(self) -> int:
-        return self.table().nbytes
-
-    def to_frame(self, value: str = "value") -> pl.DataFrame:
-        return self.table().to_frame(value)
 
     def __repr__(self) -> str:
         return f"StoredTable({self.dataset!r})"

@@ -31,6 +31,35 @@ class Table:
         return self.keys.with_columns(vals)
 
 
+class ReadOnFirstUse:
+    """A Table's ``keys``, ``values`` and ``height`` from ``table()``, which a subclass defines to
+    read (a dataset, a partitioned result) the first time it is asked and keep."""
+
+    _table: Table | None = None
+
+    def table(self) -> Table:
+        raise NotImplementedError
+
+    @property
+    def keys(self) -> pl.DataFrame:
+        return self.table().keys
+
+    @property
+    def values(self):
+        return self.table().values
+
+    @property
+    def height(self) -> int:
+        return self.table().height
+
+    @property
+    def nbytes(self) -> int:
+        return self.table().nbytes
+
+    def to_frame(self, value: str = "value") -> pl.DataFrame:
+        return self.table().to_frame(value)
+
+
 def empty_keys(names: tuple[str, ...]) -> pl.DataFrame:
     return pl.DataFrame({k: pl.Series(k, [], dtype=pl.Int64) for k in names})
 

@@ -36,7 +36,7 @@ import ray
 
 from workbench.errors import PlanError
 from workbench.execute.local import LocalContext, check_unique, run_node
-from workbench.execute.partition import concat_pieces, destinations, piece_meta, piece_table, table_piece
+from workbench.execute.partition import concat_pieces, destinations, piece_meta, table_piece
 from workbench.plan import Node, Scan
 from workbench.storage import Dataset
 from workbench.table import Table

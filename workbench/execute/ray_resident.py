@@ -41,21 +41,19 @@ from __future__ import annotations
 import itertools
 import time
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-import numpy as np
 import polars as pl
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from workbench.execute.base import NodeStats
-from workbench.execute.partition import concat_pieces, piece_table
 from workbench import passes
+from workbench.execute.partition import concat_pieces, piece_table
 from workbench.execute.ray import RULES, MetaAt, Partitioned, RayContext, RayRunner
 from workbench.execute.ray_actor import MissingState, PartitionActor
-from workbench.plan import Node, Scan, Schema
+from workbench.plan import Node, Scan
 from workbench.storage import StoredTable
-from workbench.table import Table
+from workbench.table import ReadOnFirstUse, Table
 
 
 @dataclass(frozen=True)
@@ -121,7 +119,7 @@ class ResidentContext(RayContext):
 EAGER_BYTES = 1 << 24  # results up to this size are gathered when their run ends
 
 
-class PartitionedTable:
+class PartitionedTable(ReadOnFirstUse):
     """A result left where it was computed: ``keys``/``values`` gather it on first read, and
     ``ResidentRunner.update`` reads ``rel`` without gathering."""
 
@@ -137,18 +135,6 @@ class PartitionedTable:
                 raise RuntimeError(f"ResidentRunner: a partition actor was lost before the result "
                                    f"{self.rel.schema.describe()} was read; run the step again") from exc
         return self._table
-
-    @property
-    def keys(self) -> pl.DataFrame:
-        return self.table().keys
-
-    @property
-    def values(self):
-        return self.table().values
-
-    @property
-    def height(self) -> int:
-        return self.table().height
 
     @property
     def nbytes(self) -> int:

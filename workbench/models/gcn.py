@@ -27,6 +27,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
+from jax.experimental import sparse as jsparse
 
 from workbench.datasets.graphs import (Graph, GraphRelations, karate_club, normalized_edges,
                                        to_relations)
@@ -185,6 +187,37 @@ def dense_loss(x, w1, w2, g: DenseGraph, m1=None, m2=None, weight_decay: float =
 
 
 # ---- evaluation and training -----------------------------------------------------------------------
+
+def jax_peers(graph: Graph, hidden: int, labelled: np.ndarray | None = None, seed: int = 0):
+    """The best hand-written JAX programs of one GCN training step, float32, each under
+    ``jax.jit(jax.value_and_grad)`` with respect to W1 and W2: (gathers and ``segment_sum``, Â as a
+    ``jax.experimental.sparse.BCSR`` matrix), as two callables of no argument. The loss is the
+    mean softmax cross-entropy over the ``labelled`` node ids (every node by default); like any
+    hand-written program, both compute every row."""
+    W1, W2 = init_params(graph.n_features, hidden, graph.n_classes, seed=seed, dtype="float32")
+    w1, w2 = W1.table().values[0], W2.table().values[0]
+    x = jnp.asarray(graph.features, jnp.float32)
+    src, dst, w = normalized_edges(graph)
+    y = jnp.asarray(np.eye(graph.n_classes)[graph.labels], jnp.float32)
+    n = graph.n_nodes
+    mask = np.ones(n, np.float32)  # 1 for a labelled node
+    if labelled is not None:
+        mask = np.zeros(n, np.float32)
+        mask[labelled] = 1.0
+    count = float(mask.sum())
+    mask = jnp.asarray(mask)
+    # dense_loss: sum(-sum(y_train * log_softmax(z))) / n_train, y_train zero on unlabelled rows
+    g = DenseGraph(jnp.asarray(src, jnp.int32), jnp.asarray(dst, jnp.int32), jnp.asarray(w, jnp.float32),
+                   y * mask[:, None], jnp.asarray(count, jnp.float32))
+    seg = jax.jit(jax.value_and_grad(dense_loss, argnums=(1, 2)))
+    A = jsparse.BCSR.from_scipy_sparse(sp.csr_matrix((w.astype(np.float32), (dst, src)), shape=(n, n)))
+
+    def bcsr_loss(x, w1, w2, A):  # the same loss with Â as a sparse matrix
+        z = A @ (jax.nn.relu(A @ (x @ w1)) @ w2)
+        return jnp.sum(mask * -jnp.sum(y * jax.nn.log_softmax(z), axis=1)) / count
+    bc = jax.jit(jax.value_and_grad(bcsr_loss, argnums=(1, 2)))
+    return (lambda: seg(x, w1, w2, g)), (lambda: bc(x, w1, w2, A))
+
 
 def accuracy(Z: Relation | np.ndarray, labels: np.ndarray, mask: np.ndarray) -> float:
     """Fraction of the nodes in ``mask`` whose largest logit is their label."""

@@ -117,3 +117,18 @@ def test_a_baseline_over_the_cap_is_marked_out_of_memory(tmp_path):
     assert r["oom"] and r["process_mb"] > 150 and not np.isfinite(r["seconds"])
     r = reproduce._one_process("gcn", path, 8, "jax", 1, cap_mb=4096)
     assert not r["oom"] and r["seconds"] > 0 and len(r["losses"]) == 2
+
+
+def test_quick_width_and_embedding_size_figures_are_written(tmp_path):
+    """The two one-process figures at their quick sizes: every system measured at every width
+    (or marked out of memory), and a trained model's MRR at every embedding size."""
+    width, kge_width = reproduce.reproduce(tmp_path, quick=True, only=["width", "kge_width"])
+    rows = list(csv.DictReader(open(width.csv)))
+    assert {(x["system"], x["hidden"]) for x in rows} == {
+        (s, h) for s in reproduce.WIDTH_SYSTEMS for h in ("64", "256", "1024")}
+    for x in rows:
+        assert x["oom"] == "True" or (float(x["peak_mb"]) > 0 and float(x["step_seconds"]) > 0)
+    rows = list(csv.DictReader(open(kge_width.csv)))
+    assert [int(x["dim"]) for x in rows] == [16, 64]
+    assert all(0.0 < float(x["mrr"]) <= 1.0 for x in rows)
+    assert width.png.stat().st_size > 10_000 and kge_width.png.stat().st_size > 10_000

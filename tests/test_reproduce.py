@@ -132,3 +132,16 @@ def test_quick_width_and_embedding_size_figures_are_written(tmp_path):
     assert [int(x["dim"]) for x in rows] == [16, 64]
     assert all(0.0 < float(x["mrr"]) <= 1.0 for x in rows)
     assert width.png.stat().st_size > 10_000 and kge_width.png.stat().st_size > 10_000
+
+
+def test_a_child_of_a_large_process_reports_its_own_peak():
+    """The measured process reports its own peak, not its parent's: ``ru_maxrss`` keeps the
+    high-water mark across ``execve``, so a measurement started from a large test process would
+    look as large as the test process."""
+    ballast = bytearray(1 << 30)
+    ballast[::4096] = b"1" * len(ballast[::4096])  # 1 GiB resident in this process
+    child = ("import json\nfrom workbench.reproduce import own_peak_mb\n"
+             "print(json.dumps(dict(peak_mb=own_peak_mb())))")
+    result = reproduce.run_capped(child, cap_mb=4096)
+    assert result["peak_mb"] < 900, result
+    del ballast

@@ -332,6 +332,13 @@ def _resident_mb(pid: int) -> float:
     return max(_rss_mb(pid) - _rss_mb(pid, "RssShmem"), 0.0)
 
 
+def own_peak_mb() -> float:
+    """This process's peak resident memory (VmHWM, MB). Not ``getrusage``'s ``ru_maxrss``, which
+    keeps the high-water mark across ``execve``: a process started from a large parent would
+    report the parent's size."""
+    return _rss_mb(os.getpid(), "VmHWM")
+
+
 def run_capped(code: str, cap_mb: float, timeout: float = 1800.0) -> dict:
     """Run ``code`` in a fresh Python process that prints one JSON line last; kill it when its
     resident memory passes ``cap_mb`` (an out-of-memory result) or after ``timeout`` seconds.
@@ -365,11 +372,10 @@ def run_capped(code: str, cap_mb: float, timeout: float = 1800.0) -> dict:
 WIDTH_SYSTEMS = ("workbench", "jax_segment_sum", "jax_bcsr")
 
 _WIDTH_WORKER = """
-import json, resource
-from workbench.reproduce import gcn_width_step
+import json
+from workbench.reproduce import gcn_width_step, own_peak_mb
 seconds, first = gcn_width_step(**{args!r})
-print(json.dumps(dict(seconds=seconds, first=first,
-                      peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+print(json.dumps(dict(seconds=seconds, first=first, peak_mb=own_peak_mb())))
 """
 
 
@@ -537,10 +543,10 @@ References at their own sizes (pykeen, LCWA, measured on this machine kind): Dis
 
 
 _EPOCHS_WORKER = """
-import json, resource
-from workbench.reproduce import model_epochs
+import json
+from workbench.reproduce import model_epochs, own_peak_mb
 rows = model_epochs(**{args!r})
-print(json.dumps(dict(rows=rows, peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+print(json.dumps(dict(rows=rows, peak_mb=own_peak_mb())))
 """
 
 _RUNNER_WORKER = """

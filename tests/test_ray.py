@@ -153,3 +153,25 @@ def test_more_partitions_than_the_cluster_can_use_are_refused_at_start(runner):
         with RayRunner(partitions=PARTITIONS_PER_CPU * cpus + 1):
             pass
     assert ray.is_initialized()
+
+
+def test_a_stored_relation_is_read_with_a_bar_when_asked(runner, rng, tmp_path, capsys):
+    """The task runner reads a dataset on the driver and splits it: with progress on, a bar of
+    the rows read; off (the default), nothing is written. The runner reads first (the local
+    executor's read would be kept and reused)."""
+    from workbench import storage
+
+    X = wb.from_tensor(rng.normal(size=(12, 2)), keys=("i",), dtype="float64", name="X")
+    want = wb.value_and_grad(programs.sum_of_squares)(X)
+    for name, progress in (("Quiet", False), ("Shown", True)):
+        storage.write_relation(X.table(), tmp_path / name, ("i",), name=name, partitions=5)
+        capsys.readouterr()
+        runner.progress = progress
+        try:
+            got = wb.value_and_grad(programs.sum_of_squares, executor=runner)(wb.from_dataset(tmp_path / name))
+        finally:
+            runner.progress = False
+        err = capsys.readouterr().err
+        assert ("reading " + name in err and "12/12" in err) if progress else "reading" not in err
+        for a, b in zip(got, want):
+            assert_same(a, b)

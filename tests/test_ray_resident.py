@@ -18,7 +18,10 @@ from workbench.models import gcn
 from workbench.optim import SGD, Adam
 
 ray = pytest.importorskip("ray")
+from workbench.execute.partition import MAX_PARTITIONS, split_piece  # noqa: E402
+from workbench.execute.ray import RayRunner as TaskRunner  # noqa: E402
 from workbench.execute.ray_resident import ResidentRunner  # noqa: E402
+from workbench import storage  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 P = 3
@@ -38,6 +41,17 @@ def check_value_and_grad(runner, f, rels, argnums):
     for g, rg in zip(grads, rgrads):
         assert_same(rg, g)
     return rvalue, rgrads
+
+
+@pytest.mark.parametrize("partitions, error", [
+    (0, ValueError), (MAX_PARTITIONS + 1, ValueError), (True, TypeError), (2.0, TypeError), ("4", TypeError)])
+def test_partitions_are_checked_before_any_actor_starts(partitions, error):
+    for make in (wb.RayRunner, ResidentRunner, TaskRunner):
+        with pytest.raises(error, match=rf"{make.__name__}: partitions must be .*partitions=4"):
+            make(partitions=partitions)
+    piece = (pl.DataFrame({"i": [0, 1, 2]}), np.zeros((3, 2)))
+    with pytest.raises(error, match=r"split_piece: partitions must be .*partitions=4"):
+        split_piece(piece, ("i",), partitions)
 
 
 def test_wb_rayrunner_is_the_resident_runner_on_loopback(runner):
@@ -176,3 +190,24 @@ def test_an_actor_killed_during_an_epoch(runner, graph_dataset):
         del runner.run, runner._flush
     assert runner.restarts >= restarts + 2
     assert runner.pids()[1] != pid  # a new process, which read its shards again
+
+
+def test_a_dataset_of_many_shards_loads_with_a_bar_of_rows_per_partition(runner, tmp_path, rng, capsys):
+    """Ten tuples written as MAX_SHARDS shards (a count P = 3 does not divide, so every actor
+    scans the shards that hold tuples): the loss and gradient are the local executor's, and with
+    progress on, the driver shows the rows each partition's actor loaded."""
+    X = wb.from_tensor(rng.normal(size=(10, 3)), keys=("i",), dtype="float64", name="X")
+    for name in ("Quiet", "Shown"):
+        storage.write_relation(X.table(), tmp_path / name, ("i",), name=name, partitions=storage.MAX_SHARDS)
+    f = lambda X: programs.sum_of_squares(wb.select(X, kernel=jnp.sin))  # noqa: E731
+    capsys.readouterr()
+    check_value_and_grad(runner, f, (wb.from_dataset(tmp_path / "Quiet"),), (0,))
+    assert "loading" not in capsys.readouterr().err  # off by default
+    runner.progress = True
+    try:
+        check_value_and_grad(runner, f, (wb.from_dataset(tmp_path / "Shown"),), (0,))
+    finally:
+        runner.progress = False
+    err = capsys.readouterr().err
+    assert f"loading X hashed on i into {P} partitions" in err  # X: the name of f's argument
+    assert "10/10" in err and "partition=" in err

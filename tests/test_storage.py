@@ -164,3 +164,92 @@ def test_synthetic_knowledge_graphs_and_matrices(tmp_path):
     w, h = rng.uniform(size=(40, 3)) / np.sqrt(3), rng.uniform(size=(30, 3)) / np.sqrt(3)
     x = np.einsum("ek,ek->e", w[e["i"].to_numpy()], h[e["j"].to_numpy()])
     np.testing.assert_allclose(e["value"].to_numpy(), x, rtol=1e-6)  # stored as float32
+
+
+def _ten_rows(rng) -> "wb.Relation":
+    return wb.from_tensor(rng.normal(size=(10, 3)), keys=("i",), dtype="float64", name="Ten")
+
+
+def test_many_shards_of_a_small_relation_write_and_read_only_the_shards_that_hold_tuples(tmp_path, rng,
+                                                                                         monkeypatch):
+    """Ten tuples in MAX_SHARDS shards: at most ten shard files exist, an empty shard reads as no
+    rows, and every read opens only the files that hold tuples."""
+    R = _ten_rows(rng)
+    ds = storage.write_relation(R.table(), tmp_path / "R", ("i",), partitions=storage.MAX_SHARDS)
+    stored = ds.stored_shards()
+    assert ds.meta.partitions == storage.MAX_SHARDS and 1 <= len(stored) <= 10
+    assert sorted(f.name for f in (tmp_path / "R").iterdir()) == sorted(
+        ["meta.json"] + [storage.shard_name(s) for s in stored])
+    assert sum(ds.meta.rows[s] for s in stored) == ds.rows == 10
+    empty = next(s for s in range(ds.meta.partitions) if s not in stored)
+    assert ds.shard(empty).collect().height == 0
+    assert ds.shard(empty).collect_schema() == ds.shard(stored[0]).collect_schema()
+    assert_same(wb.from_dataset(ds), R)
+
+    opened = []
+    read_parquet = pl.read_parquet
+    monkeypatch.setattr(pl, "read_parquet",
+                        lambda source, *a, **k: opened.append(source) or read_parquet(source, *a, **k))
+    for parts in (4, 3):  # 4 divides the shard count (whole shards), 3 does not (filtered)
+        pieces = [ds.read_partition(p, parts, ("i",)) for p in range(parts)]
+        got = pl.concat([t.keys for t in pieces])["i"].sort().to_list()
+        assert got == list(range(10))
+    assert len(opened) == len(stored) + 3 * len(stored)  # never an empty shard
+
+
+def test_the_shard_count_is_checked_where_a_dataset_is_written(tmp_path, rng):
+    table = _ten_rows(rng).table()
+    for bad, what in ((0, "must be between 1 and"), (storage.MAX_SHARDS + 1, "must be between 1 and"),
+                      (True, "must be an int"),
+                      (4.0, "must be an int")):
+        with pytest.raises(wb.RelationError, match=rf"'{tmp_path / 'R'}': partitions \(the number of shards\) "
+                                                   rf"{what}.*partitions="):
+            storage.write_relation(table, tmp_path / "R", ("i",), partitions=bad)
+        assert not (tmp_path / "R").exists()
+    with pytest.raises(wb.RelationError, match=r"write_graph_dataset .*partitions \(the number of shards\)"):
+        graphs.rmat_dataset(tmp_path / "g", 3, 2, 4, 2, partitions=storage.MAX_SHARDS * 2)
+
+
+def test_a_graph_in_many_shards_scans_each_shard_a_bounded_number_of_times(tmp_path, monkeypatch):
+    """The passes over the raw edges open each shard once per pass, not once per shard per
+    pass; shards no edge hashes to are never opened and have no file."""
+    scans = []
+    scan_parquet = pl.scan_parquet
+    monkeypatch.setattr(pl, "scan_parquet",
+                        lambda source, *a, **k: scans.append(source) or scan_parquet(source, *a, **k))
+    shards = 256
+    out = graphs.rmat_dataset(tmp_path / "g", scale=4, edge_factor=2, n_features=3, n_classes=2, partitions=shards)
+    assert len(scans) <= 8 * 16  # 16 nodes: at most 16 shards hold tuples; 8 passes read them
+    for name in ("node", "edge", "train"):
+        ds = storage.Dataset(out.path / name)
+        assert len(list((out.path / name).glob("part-*.parquet"))) == len(ds.stored_shards()) <= 16
+    rels, _ = graphs.graph_relations(out.path)
+    assert len(rels.node) == 16 and len(rels.edge) == out.n_edges
+
+
+def test_datasets_written_and_read_with_progress_show_a_bar_of_rows(tmp_path, rng, capsys):
+    R = _ten_rows(rng)
+    storage.write_relation(R.table(), tmp_path / "quiet", ("i",), partitions=2)
+    storage.Dataset(tmp_path / "quiet").read()
+    assert capsys.readouterr().err == ""  # off by default
+    storage.write_relation(R.table(), tmp_path / "R", ("i",), partitions=2, name="Ten", progress=True)
+    err = capsys.readouterr().err
+    assert "writing Ten" in err and "rows" in err
+    storage.Dataset(tmp_path / "R").read(progress=True)
+    assert "reading Ten" in capsys.readouterr().err
+    (tmp_path / "e.csv").write_text("src,dst\n" + "\n".join(f"{a},{a + 1}" for a in range(30)))
+    storage.import_file(tmp_path / "e.csv", tmp_path / "E", keys=("src", "dst"), name="Edges", progress=True)
+    assert "writing Edges" in capsys.readouterr().err
+    graphs.rmat_dataset(tmp_path / "g", scale=4, edge_factor=2, n_features=3, n_classes=2, partitions=2,
+                        progress=True)
+    err = capsys.readouterr().err
+    assert "writing raw edges" in err and "writing Edge" in err and "writing Node" in err
+
+
+def test_a_training_loop_shows_epoch_loss_and_time_only_when_asked(capsys):
+    graph = graphs.karate_club()
+    gcn.train(graph, hidden=4, epochs=2, compiled=False)
+    assert capsys.readouterr().err == ""
+    gcn.train(graph, hidden=4, epochs=2, compiled=False, progress=True)
+    err = capsys.readouterr().err
+    assert "2/2" in err and "loss=" in err and "00:0" in err  # epoch, loss, elapsed time

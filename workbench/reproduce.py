@@ -332,11 +332,16 @@ def _resident_mb(pid: int) -> float:
     return max(_rss_mb(pid) - _rss_mb(pid, "RssShmem"), 0.0)
 
 
+def peak_mb(pid: int) -> float:
+    """Peak resident memory of process ``pid`` so far (VmHWM, MB; 0 once it has exited)."""
+    return _rss_mb(pid, "VmHWM")
+
+
 def own_peak_mb() -> float:
     """This process's peak resident memory (VmHWM, MB). Not ``getrusage``'s ``ru_maxrss``, which
     keeps the high-water mark across ``execve``: a process started from a large parent would
     report the parent's size."""
-    return _rss_mb(os.getpid(), "VmHWM")
+    return peak_mb(os.getpid())
 
 
 def run_capped(code: str, cap_mb: float, timeout: float = 1800.0) -> dict:
@@ -855,9 +860,14 @@ def reproduce(out: str | Path = "figures", quick: bool = False, only: list[str] 
     for name, make in FIGURES.items():
         if only and name not in only:
             continue
-        start = time.perf_counter()
+        start, load_before = time.perf_counter(), os.getloadavg()[0]
         figure = make(out, quick)
         figure.seconds = time.perf_counter() - start
+        # how the machine was: other jobs slow the timed figures (memory figures are unaffected)
+        with open(figure.md, "a") as f:
+            f.write(f"\n*Run {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC"
+                    f"{' (--quick)' if quick else ''}: {figure.seconds:.0f} s on {os.cpu_count()} cores, "
+                    f"load average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end.*\n")
         print(f"{name}: {figure.png} ({figure.seconds:.0f} s)", flush=True)
         done.append(figure)
     # the summary holds every figure written so far in ``out``, in FIGURES order

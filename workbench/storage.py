@@ -11,11 +11,15 @@ Each shard holds one int64 column per key and a ``value`` column (a float, or a 
 holding the value flattened in C order). Tuples with equal values of the hash columns are in one
 shard, by the same hash as the partitioned runner's (``shard_hash``), so a runner with the
 dataset's partition count (or a divisor of it) reads each partition from its own shards and never
-reshuffles them. ``DatasetWriter`` appends chunks (each split by the hash and appended to the
-shards' Parquet writers: memory is one chunk, whatever the data set's size); ``Dataset`` opens a
-directory (``shards()``: one ``pl.scan_parquet`` LazyFrame per shard); ``StoredTable`` is what a
-TableScan of a dataset holds: the keys and values are read on first use, so a plan over it can be
-built, traced and shipped without reading the data.
+reshuffles them. A shard that no tuple hashes to has no file (``meta.json`` gives it 0 rows):
+many shards of a small relation cost nothing. ``DatasetWriter`` appends chunks (each split by the
+hash and appended to the shards' Parquet writers: memory is one chunk, whatever the data set's
+size); ``Dataset`` opens a directory (``shard(p)``: a LazyFrame of one shard); ``StoredTable`` is
+what a TableScan of a dataset holds: the keys and values are read on first use, so a plan over it
+can be built, traced and shipped without reading the data.
+
+Long writes and reads show a tqdm bar of the rows written or read when asked (``progress=True``;
+``workbench.progress``, the same bar the models' training loops show over their epochs).
 """
 from __future__ import annotations
 
@@ -33,12 +37,28 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workbench.errors import RelationError
+from workbench.progress import progress_bar
 from workbench.table import ReadOnFirstUse, Table, empty_keys
 
 META = "meta.json"
 FORMAT = 1
 VALUE = "value"
-MAX_SHARDS = 4096
+# A writer keeps one Parquet file open per shard that holds tuples (the usual limit of open
+# files, ``ulimit -n``, is 1024 or more), and a runner reads whole shards when its partition
+# count divides theirs: 1024 is 4 shards for each of 256 partitions (``MAX_PARTITIONS``).
+MAX_SHARDS = 1024
+
+
+def check_shards(partitions, where: str) -> int:
+    """A dataset's shard count: an int from 1 to MAX_SHARDS, else an error that says so."""
+    if isinstance(partitions, bool) or not isinstance(partitions, (int, np.integer)):
+        raise RelationError(f"{where}: partitions (the number of shards) must be an int, got {partitions!r} "
+                            f"({type(partitions).__name__}); e.g. partitions=4")
+    if not 1 <= partitions <= MAX_SHARDS:
+        raise RelationError(f"{where}: partitions (the number of shards) must be between 1 and {MAX_SHARDS}, "
+                            f"got {partitions}; write as many shards as the runner has partitions, or a "
+                            f"multiple of it (partitions=16 serves runners of 2, 4, 8 or 16 partitions)")
+    return int(partitions)
 
 
 def shard_hash(keys: pl.DataFrame, cols: Sequence[str], n: int, parts: int) -> np.ndarray:
@@ -91,6 +111,16 @@ class DatasetMeta:
                                 f"workbench.storage.DatasetWriter") from None
 
 
+def arrow_schema(keys: Sequence[str], value_shape: Sequence[int], dtype) -> pa.Schema:
+    """A shard's columns: one int64 per key, and ``value`` (a float, or a fixed-size list of the
+    value flattened in C order)."""
+    value_type = pa.float32() if np.dtype(dtype) == np.float32 else pa.float64()
+    fields = [pa.field(k, pa.int64(), nullable=False) for k in keys]
+    fields.append(pa.field(VALUE, value_type if not tuple(value_shape)
+                           else pa.list_(value_type, math.prod(value_shape)), nullable=False))
+    return pa.schema(fields)
+
+
 def _check_names(keys, hash_by, where: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     keys = (keys,) if isinstance(keys, str) else tuple(keys)
     hash_by = (hash_by,) if isinstance(hash_by, str) else tuple(hash_by)
@@ -114,19 +144,19 @@ class DatasetWriter:
     block) writes ``meta.json`` and returns the ``Dataset``; extents default to max(key) + 1.
     Keys must be unique across chunks: ``close(check_unique=True)`` checks each shard (equal keys
     always share a shard), reading one shard's keys at a time; ``check_unique=False`` when the
-    caller knows them unique (or stores a multiset for its own later pass)."""
+    caller knows them unique (or stores a multiset for its own later pass). A shard no tuple
+    hashes to is not written. ``progress=True`` shows a bar of the rows written (of ``total``,
+    when the caller knows it)."""
 
     def __init__(self, path, keys: Sequence[str], value_shape: Sequence[int] = (), dtype="float32",
                  partitions: int = 4, hash_by: Sequence[str] | None = None,
                  extents: Sequence[int] | None = None, name: str | None = None, overwrite: bool = False,
-                 check_unique: bool = True):
+                 check_unique: bool = True, progress: bool | None = False, total: int | None = None):
         self.path = Path(path)
         self.check_unique = check_unique
         where = f"DatasetWriter '{self.path}'"
         self.keys, self.hash_by = _check_names(keys, keys if hash_by is None else hash_by, where)
-        if isinstance(partitions, bool) or not isinstance(partitions, (int, np.integer)) \
-                or not 1 <= partitions <= MAX_SHARDS:
-            raise RelationError(f"{where}: partitions must be an int from 1 to {MAX_SHARDS}, got {partitions!r}")
+        partitions = check_shards(partitions, where)
         if not self.keys and partitions != 1:
             partitions = 1  # a keyless relation holds one tuple: one shard
         self.partitions = int(partitions)
@@ -144,15 +174,12 @@ class DatasetWriter:
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True)
         self._width = math.prod(self.value_shape)
-        value_type = pa.float32() if self.dtype == np.float32 else pa.float64()
-        fields = [pa.field(k, pa.int64(), nullable=False) for k in self.keys]
-        fields.append(pa.field(VALUE, value_type if not self.value_shape
-                               else pa.list_(value_type, self._width), nullable=False))
-        self._schema = pa.schema(fields)
+        self._schema = arrow_schema(self.keys, self.value_shape, self.dtype)
         self._writers: list = [None] * self.partitions
         self._rows = [0] * self.partitions
         self._max = [-1] * len(self.keys)
         self._closed = False
+        self._bar = progress_bar(total, f"writing {self.name}", progress, unit="rows")
 
     def __enter__(self) -> "DatasetWriter":
         return self
@@ -199,11 +226,10 @@ class DatasetWriter:
         dest = shard_hash(kf, self.hash_by, n, self.partitions)
         order = np.argsort(dest, kind="stable")
         bounds = np.searchsorted(dest[order], np.arange(self.partitions + 1))
-        for p in range(self.partitions):
+        key_arrays = [kf[k].to_numpy() for k in self.keys]
+        for p in np.flatnonzero(np.diff(bounds)):  # only the shards this chunk's tuples hash to
             rows = order[bounds[p]:bounds[p + 1]]
-            if not len(rows):
-                continue
-            arrays = [pa.array(kf[k].to_numpy()[rows]) for k in self.keys]
+            arrays = [pa.array(a[rows]) for a in key_arrays]
             vals = flat[rows]
             if self.value_shape:
                 arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(vals.reshape(-1)), self._width))
@@ -213,16 +239,16 @@ class DatasetWriter:
                 self._writers[p] = pq.ParquetWriter(self.path / shard_name(p), self._schema)
             self._writers[p].write_table(pa.Table.from_arrays(arrays, schema=self._schema))
             self._rows[p] += len(rows)
+        self._bar.update(n)
 
     def close(self, check_unique: bool = True) -> "Dataset":
         if self._closed:
             return Dataset(self.path)
-        for p in range(self.partitions):
-            if self._writers[p] is None:  # an empty shard is an empty file: every shard exists
-                pq.write_table(self._schema.empty_table(), self.path / shard_name(p))
-            else:
-                self._writers[p].close()
+        for w in self._writers:
+            if w is not None:  # an empty shard has no file
+                w.close()
         self._closed = True
+        self._bar.close()
         if self.extents is None:
             extents = tuple(m + 1 for m in self._max)
         else:
@@ -241,8 +267,8 @@ class DatasetWriter:
         (self.path / META).write_text(json.dumps(meta.to_json(), indent=1))
         ds = Dataset(self.path)
         if check_unique and self.keys:
-            for p, lf in enumerate(ds.shards()):
-                dup = lf.select(self.keys).filter(pl.struct(self.keys).is_duplicated()).head(1).collect()
+            for p in ds.stored_shards():
+                dup = ds.shard(p).select(self.keys).filter(pl.struct(self.keys).is_duplicated()).head(1).collect()
                 if dup.height:
                     self._abort()
                     raise RelationError(
@@ -258,6 +284,7 @@ class DatasetWriter:
                 except Exception:  # noqa: BLE001 - the directory is removed anyway
                     pass
         self._closed = True
+        self._bar.close()
         shutil.rmtree(self.path, ignore_errors=True)
 
 
@@ -270,11 +297,15 @@ class Dataset:
         if not meta.is_file():
             raise RelationError(f"dataset '{self.path}': no {META} there; write datasets with "
                                 f"workbench.storage.DatasetWriter (or a generator's to_dataset)")
-        self.meta = DatasetMeta.from_json(json.loads(meta.read_text()), f"dataset '{self.path}'")
-        for p in range(self.meta.partitions):
-            if not (self.path / shard_name(p)).is_file():
-                raise RelationError(f"dataset '{self.path}': shard {shard_name(p)} is missing; the "
-                                    f"dataset is incomplete, write it again")
+        where = f"dataset '{self.path}'"
+        self.meta = DatasetMeta.from_json(json.loads(meta.read_text()), where)
+        if len(self.meta.rows) != self.meta.partitions:
+            raise RelationError(f"{where}: {META} gives rows of {len(self.meta.rows)} shards for "
+                                f"{self.meta.partitions} shards; the dataset is damaged, write it again")
+        for p in self.stored_shards():
+            if not self.shard_path(p).is_file():
+                raise RelationError(f"{where}: shard {shard_name(p)} is missing; the dataset is "
+                                    f"incomplete, write it again")
 
     @property
     def rows(self) -> int:
@@ -283,13 +314,26 @@ class Dataset:
     def shard_path(self, p: int) -> Path:
         return self.path / shard_name(p)
 
+    def stored_shards(self) -> list[int]:
+        """The shards that hold tuples (an empty shard has no file)."""
+        return [p for p, r in enumerate(self.meta.rows) if r]
+
+    def _empty(self) -> pl.DataFrame:
+        m = self.meta
+        return pl.from_arrow(arrow_schema(m.keys, m.value_shape, m.dtype).empty_table())
+
+    def shard(self, p: int) -> pl.LazyFrame:
+        """Shard ``p`` as a LazyFrame: the key columns and ``value`` (no rows if it is empty)."""
+        return pl.scan_parquet(self.shard_path(p)) if self.meta.rows[p] else self._empty().lazy()
+
     def shards(self) -> list[pl.LazyFrame]:
-        """One LazyFrame per shard: the key columns and ``value``."""
-        return [pl.scan_parquet(self.shard_path(p)) for p in range(self.meta.partitions)]
+        """One LazyFrame per shard (``shard``), in order."""
+        return [self.shard(p) for p in range(self.meta.partitions)]
 
     def scan(self) -> pl.LazyFrame:
         """The whole relation as one LazyFrame (the shards in order)."""
-        return pl.scan_parquet([self.shard_path(p) for p in range(self.meta.partitions)])
+        stored = self.stored_shards()
+        return pl.scan_parquet([self.shard_path(p) for p in stored]) if stored else self._empty().lazy()
 
     def _to_table(self, frame: pl.DataFrame, dtype: str) -> Table:
         m = self.meta
@@ -304,27 +348,38 @@ class Dataset:
             values = col.to_numpy()
         return Table(keys, jnp.asarray(values, dtype=dtype))
 
-    def read(self, shards: Iterable[int] | None = None, dtype: str | None = None) -> Table:
-        """The tuples of ``shards`` (default: all) as one Table."""
-        shards = range(self.meta.partitions) if shards is None else list(shards)
-        paths = [self.shard_path(p) for p in shards]
-        frame = pl.read_parquet(paths) if paths else pl.DataFrame()
-        return self._to_table(frame, dtype or self.meta.dtype)
+    def read(self, shards: Iterable[int] | None = None, dtype: str | None = None,
+             progress: bool | None = False) -> Table:
+        """The tuples of ``shards`` (default: all) as one Table, read shard by shard (empty ones
+        not at all); ``progress=True``: a bar of the rows read."""
+        m = self.meta
+        shards = [s for s in (range(m.partitions) if shards is None else shards) if m.rows[s]]
+        frames = []
+        with progress_bar(sum(m.rows[s] for s in shards), f"reading {m.name}", progress, unit="rows") as bar:
+            for s in shards:
+                frames.append(pl.read_parquet(self.shard_path(s)))
+                bar.update(frames[-1].height, shard=s)
+        return self._to_table(pl.concat(frames) if frames else self._empty(), dtype or m.dtype)
 
     def read_partition(self, p: int, parts: int, cols: Sequence[str], dtype: str | None = None) -> Table:
         """Partition ``p`` of ``parts`` hashed on ``cols``: its own shards when the dataset is hashed
         on ``cols`` into a multiple of ``parts`` shards (shard s holds hash % parts == s % parts);
-        otherwise every shard is read in turn and filtered, one at a time."""
+        otherwise every shard that holds tuples is read in turn and filtered, one at a time."""
         m = self.meta
+        where = f"dataset '{self.path}': read_partition"
+        if isinstance(parts, bool) or not isinstance(parts, (int, np.integer)) or parts < 1:
+            raise RelationError(f"{where}: parts must be a positive int, got {parts!r}")
+        if not 0 <= p < parts:
+            raise RelationError(f"{where}: partition {p!r} is not one of 0..{parts - 1}")
         dtype = dtype or m.dtype
         if tuple(cols) == m.hash_by and m.partitions % parts == 0:
-            return self.read([s for s in range(m.partitions) if s % parts == p], dtype)
+            return self.read(range(p, m.partitions, parts), dtype)
         pieces = []
-        for s in range(m.partitions):
+        for s in self.stored_shards():
             frame = pl.read_parquet(self.shard_path(s))
             keep = shard_hash(frame, cols, frame.height, parts) == p
             pieces.append(frame.filter(pl.Series(keep)))
-        return self._to_table(pl.concat(pieces) if pieces else pl.DataFrame(), dtype)
+        return self._to_table(pl.concat(pieces) if pieces else self._empty(), dtype)
 
     def __repr__(self) -> str:
         m = self.meta
@@ -342,9 +397,9 @@ class StoredTable(ReadOnFirstUse):
         self.dtype = dtype
         self._table: Table | None = None
 
-    def table(self) -> Table:
+    def table(self, progress: bool | None = False) -> Table:
         if self._table is None:
-            self._table = self.dataset.read(dtype=self.dtype)
+            self._table = self.dataset.read(dtype=self.dtype, progress=progress)
         return self._table
 
     @property
@@ -355,18 +410,18 @@ class StoredTable(ReadOnFirstUse):
         return f"StoredTable({self.dataset!r})"
 
 
-def as_table(t) -> Table:
-    """A Table from a Table or a StoredTable (reading it)."""
-    return t.table() if isinstance(t, StoredTable) else t
+def as_table(t, progress: bool | None = False) -> Table:
+    """A Table from a Table or a StoredTable (reading it; ``progress``: a bar of the rows read)."""
+    return t.table(progress) if isinstance(t, StoredTable) else t
 
 
 def write_relation(table: Table, path, keys: Sequence[str], partitions: int = 4,
                    hash_by: Sequence[str] | None = None, extents=None, name: str | None = None,
-                   chunk_rows: int = 1 << 20, overwrite: bool = False) -> Dataset:
+                   chunk_rows: int = 1 << 20, overwrite: bool = False, progress: bool | None = False) -> Dataset:
     """A Table (keys and values in memory) written as a dataset, ``chunk_rows`` at a time."""
     values = np.asarray(table.values)
     with DatasetWriter(path, keys, values.shape[1:], values.dtype, partitions, hash_by, extents, name,
-                       overwrite) as w:
+                       overwrite, progress=progress, total=len(values) if keys else 1) as w:
         for start in range(0, max(len(values), 1) if keys else 1, chunk_rows):
             stop = start + chunk_rows
             w.write(table.keys[start:stop] if keys else {}, values[start:stop] if keys else values)
@@ -377,11 +432,12 @@ def import_file(source, path, keys: Sequence[str], value: str | None = None, par
                 hash_by: Sequence[str] | None = None, extents=None, columns: Sequence[str] | None = None,
                 dtype="float32", name: str | None = None, chunk_rows: int = 1 << 20,
                 overwrite: bool = False, separator: str | None = None, has_header: bool | None = None,
-                check_unique: bool = True) -> Dataset:
+                check_unique: bool = True, progress: bool | None = False) -> Dataset:
     """A CSV (or TSV) or Parquet file of integer key columns (and an optional numeric ``value``
     column; without one every tuple's value is 1.0) written as a dataset, streamed
     ``chunk_rows`` rows at a time. ``columns`` renames the file's columns in order (for a file
-    without a header, or other names), e.g. ``columns=("src", "dst")``."""
+    without a header, or other names), e.g. ``columns=("src", "dst")``. ``progress=True``: a bar
+    of the rows written (of the file's rows, for Parquet, whose footer counts them)."""
     import pyarrow.csv as pacsv
     import pyarrow.dataset as pads
 
@@ -420,8 +476,9 @@ def import_file(source, path, keys: Sequence[str], value: str | None = None, par
     if missing:
         raise RelationError(f"{where}: column(s) {missing} not in the file's columns {renamed}; pass "
                             f"columns=(...) to name them")
+    total = data.count_rows() if suffix in (".parquet", ".pq") else None  # a CSV is counted by reading it
     with DatasetWriter(path, keys, (), dtype, partitions, hash_by, extents, name, overwrite,
-                       check_unique) as w:
+                       check_unique, progress, total) as w:
         for batch in data.to_batches(batch_size=chunk_rows):
             frame = pl.from_arrow(batch)
             if rename:
@@ -435,23 +492,26 @@ def import_file(source, path, keys: Sequence[str], value: str | None = None, par
 
 def write_distinct(chunks, path, keys: Sequence[str], partitions: int = 4,
                    hash_by: Sequence[str] | None = None, extents=None, dtype="float32",
-                   name: str | None = None, overwrite: bool = False) -> Dataset:
+                   name: str | None = None, overwrite: bool = False, progress: bool | None = False,
+                   total: int | None = None) -> Dataset:
     """A dataset of scalar tuples from ``chunks`` of (key columns dict, values) that may repeat
     keys: the first tuple of each key is kept. Pass 1 hashes the raw chunks into shards (a
     repeated key always lands in one shard), pass 2 keeps each shard's first tuple per key, one
-    shard in memory at a time."""
+    shard in memory at a time. ``progress=True``: a bar of the rows of each pass (``total``: the
+    rows the chunks hold, when the caller knows)."""
     path = Path(path)
     raw = path.with_name(path.name + ".raw")
-    with DatasetWriter(raw, keys, (), dtype, partitions, hash_by, extents, name, overwrite=True,
-                       check_unique=False) as w:
+    check_shards(partitions, f"write_distinct '{path}'")
+    with DatasetWriter(raw, keys, (), dtype, partitions, hash_by, extents, f"{name or path.name} (raw)",
+                       overwrite=True, check_unique=False, progress=progress, total=total) as w:
         for k, v in chunks:
             w.write(k, v)
     ds = Dataset(raw)
     try:
         with DatasetWriter(path, keys, (), dtype, partitions, hash_by, extents or ds.meta.extents, name,
-                           overwrite) as w:
-            for lf in ds.shards():  # chunks were written in order: maintain_order keeps the first
-                shard = lf.unique(subset=list(ds.meta.keys), keep="first", maintain_order=True).collect()
+                           overwrite, progress=progress) as w:
+            for s in ds.stored_shards():  # chunks were written in order: maintain_order keeps the first
+                shard = ds.shard(s).unique(subset=list(ds.meta.keys), keep="first", maintain_order=True).collect()
                 w.write(shard.select(ds.meta.keys), shard[VALUE].to_numpy())
     finally:
         shutil.rmtree(raw, ignore_errors=True)

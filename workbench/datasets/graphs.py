@@ -20,7 +20,7 @@ import polars as pl
 from workbench.datasets.text import tab_separated_lines
 from workbench.errors import RelationError
 from workbench.relation import Relation, default_dtype, from_dataset, from_frame, from_tensor
-from workbench.storage import Dataset, DatasetWriter, import_file, shard_hash
+from workbench.storage import Dataset, DatasetWriter, check_shards, import_file, shard_hash
 
 
 @dataclass(frozen=True, eq=False)
@@ -443,7 +443,7 @@ class GraphDataset(NamedTuple):
 def write_graph_dataset(path, n_nodes: int, edge_chunks, features, n_classes: int,
                         partitions: int = 4, train_fraction: float = 0.1, val_fraction: float = 0.1,
                         seed: int = 0, dtype: str = "float32", undirected: bool = True,
-                        overwrite: bool = False) -> GraphDataset:
+                        overwrite: bool = False, progress: bool | None = False) -> GraphDataset:
     """Write the GCN relations of a graph under ``path`` (one dataset each: node, edge, label,
     train, val, test, label_train), each hashed on its first key into ``partitions`` shards, in
     memory bounded by one chunk plus O(n_nodes) per-node arrays, never the whole edge list.
@@ -454,15 +454,17 @@ def write_graph_dataset(path, n_nodes: int, edge_chunks, features, n_classes: in
     (distinct edges of weight 1, a self-loop per node, degrees at the destination): pass 1
     hashes the raw edges into shards on src, pass 2 counts each shard's distinct edges per
     destination, pass 3 writes each shard's weights. The splits are random (``train_fraction``,
-    ``val_fraction`` of the nodes, the rest test)."""
+    ``val_fraction`` of the nodes, the rest test). ``progress=True``: a bar of the rows each pass
+    writes (raw edges, Edge, Node)."""
     path = Path(path)
+    partitions = check_shards(partitions, f"write_graph_dataset '{path}'")
     if path.exists() and not overwrite:
         raise RelationError(f"write_graph_dataset: '{path}' exists; pass overwrite=True to replace it")
     path.mkdir(parents=True, exist_ok=True)
     n = int(n_nodes)
     raw = path / "_raw_edges"
-    with DatasetWriter(raw, ("src", "dst"), (), "float32", partitions, ("src",), (n, n), "raw",
-                       overwrite=True, check_unique=False) as w:
+    with DatasetWriter(raw, ("src", "dst"), (), "float32", partitions, ("src",), (n, n), "raw edges",
+                       overwrite=True, check_unique=False, progress=progress) as w:
         for src, dst in edge_chunks:
             src, dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
             if undirected:
@@ -472,18 +474,26 @@ def write_graph_dataset(path, n_nodes: int, edge_chunks, features, n_classes: in
     raw_ds = Dataset(raw)
 
     def distinct(s: int) -> pl.DataFrame:
-        return raw_ds.shards()[s].select("src", "dst").unique().collect()
+        return raw_ds.shard(s).select("src", "dst").unique().collect()
 
     deg = np.ones(n)  # the self-loop
-    for s in range(raw_ds.meta.partitions):
-        deg += np.bincount(distinct(s)["dst"].to_numpy(), minlength=n)
+    n_distinct = 0
+    for s in raw_ds.stored_shards():
+        dst = distinct(s)["dst"].to_numpy()
+        deg += np.bincount(dst, minlength=n)
+        n_distinct += len(dst)
+    # the self-loop (i, i) goes to the shard that i hashes to: node ids grouped by shard, once
+    home = shard_hash(pl.DataFrame({"src": np.arange(n)}), ("src",), n, partitions)
+    by_home = np.argsort(home, kind="stable")
+    home_bounds = np.searchsorted(home[by_home], np.arange(partitions + 1))
     n_edges = 0
     with DatasetWriter(path / "edge", ("src", "dst"), (), dtype, partitions, ("src",), (n, n), "Edge",
-                       overwrite=True) as w:
-        for s in range(raw_ds.meta.partitions):
+                       overwrite=True, progress=progress, total=n_distinct + n) as w:
+        for s in range(partitions):
             e = distinct(s)
-            loops = np.flatnonzero(shard_hash(pl.DataFrame({"src": np.arange(n)}), ("src",), n,
-                                              partitions) == s)
+            loops = by_home[home_bounds[s]:home_bounds[s + 1]]
+            if not (len(e) or len(loops)):
+                continue
             src = np.concatenate([e["src"].to_numpy(), loops])
             dst = np.concatenate([e["dst"].to_numpy(), loops])
             w.write({"src": src, "dst": dst}, 1.0 / np.sqrt(deg[dst] * deg[src]))
@@ -505,9 +515,10 @@ def write_graph_dataset(path, n_nodes: int, edge_chunks, features, n_classes: in
             if d is None:
                 d = x.shape[1]
                 shapes = {"node": (d,), "label": (n_classes,), "label_train": (n_classes,)}
-                for name in names:
+                for name in names:  # one bar, the nodes'
                     writers[name] = DatasetWriter(path / name, ("id",), shapes[name], dtype, partitions,
-                                                  extents=(n,), name=name.capitalize(), overwrite=True)
+                                                  extents=(n,), name=name.capitalize(), overwrite=True,
+                                                  progress=progress if name == "node" else False, total=n)
             ids = np.arange(start, stop, dtype=np.int64)
             onehot = np.eye(n_classes, dtype=np.float32)[y]
             writers["node"].write({"id": ids}, x)
@@ -543,16 +554,17 @@ def block_features(n_classes: int, n_features: int, seed: int = 0, signal: float
 
 def rmat_dataset(path, scale: int, edge_factor: int = 16, n_features: int = 128, n_classes: int = 16,
                  partitions: int = 4, seed: int = 0, dtype: str = "float32", chunk: int = 1 << 20,
-                 overwrite: bool = False) -> GraphDataset:
+                 overwrite: bool = False, progress: bool | None = False) -> GraphDataset:
     """A SYNTHETIC R-MAT graph (``rmat_chunks``, undirected) with block-model features, written
-    as GCN datasets under ``path`` (``write_graph_dataset``), chunk by chunk."""
+    as GCN datasets under ``path`` (``write_graph_dataset``), chunk by chunk; ``progress=True``
+    shows the rows written."""
     return write_graph_dataset(path, 1 << scale, rmat_chunks(scale, edge_factor, seed, chunk),
                                block_features(n_classes, n_features, seed), n_classes, partitions,
-                               seed=seed, dtype=dtype, overwrite=overwrite)
+                               seed=seed, dtype=dtype, overwrite=overwrite, progress=progress)
 
 
 def graph_to_dataset(graph: Graph, path, partitions: int = 4, dtype: str = "float32",
-                     overwrite: bool = False) -> GraphDataset:
+                     overwrite: bool = False, progress: bool | None = False) -> GraphDataset:
     """A ``Graph`` in memory (e.g. ``sbm``) written as GCN datasets; the edges as stored (both
     directions already), the splits the graph's own."""
     path = Path(path)
@@ -562,7 +574,7 @@ def graph_to_dataset(graph: Graph, path, partitions: int = 4, dtype: str = "floa
 
     chunks = ((graph.src[i:i + (1 << 20)], graph.dst[i:i + (1 << 20)]) for i in range(0, graph.n_edges, 1 << 20))
     out = write_graph_dataset(path, graph.n_nodes, chunks, features, graph.n_classes, partitions,
-                              dtype=dtype, undirected=False, overwrite=overwrite)
+                              dtype=dtype, undirected=False, overwrite=overwrite, progress=progress)
     if graph.weights is not None:
         raise RelationError(f"graph_to_dataset '{graph.name}': weighted edges are not written yet; "
                             f"use to_relations for a weighted graph")
@@ -582,26 +594,28 @@ def graph_to_dataset(graph: Graph, path, partitions: int = 4, dtype: str = "floa
 def edge_list_dataset(source, path, n_nodes: int | None = None, n_features: int = 16, n_classes: int = 2,
                       partitions: int = 4, columns: tuple[str, str] = ("src", "dst"), seed: int = 0,
                       dtype: str = "float32", undirected: bool = True, overwrite: bool = False,
-                      chunk: int = 1 << 20) -> GraphDataset:
+                      chunk: int = 1 << 20, progress: bool | None = False) -> GraphDataset:
     """A user's edge list (CSV/TSV with or without a header, or Parquet; two integer node-id
     columns named by ``columns``) written as GCN datasets, streamed ``chunk`` rows at a time; the
     node features and labels are SYNTHETIC (``block_features``) unless you write your own with
-    ``write_graph_dataset``. ``n_nodes`` defaults to the largest id + 1 (one extra pass)."""
+    ``write_graph_dataset``. ``n_nodes`` defaults to the largest id + 1 (one extra pass).
+    ``progress=True``: a bar of the rows each pass writes."""
     tmp = Path(path) / "_edges"
     Path(path).mkdir(parents=True, exist_ok=True)
     ds = import_file(source, tmp, keys=columns, partitions=partitions, hash_by=(columns[0],),
-                     columns=columns, chunk_rows=chunk, overwrite=True, check_unique=False)
+                     columns=columns, chunk_rows=chunk, overwrite=True, check_unique=False, progress=progress)
     n = int(n_nodes if n_nodes is not None else max(ds.meta.extents))
     if max(ds.meta.extents) > n:
         raise RelationError(f"edge_list_dataset '{source}': node ids reach {max(ds.meta.extents) - 1}, "
                             f"outside n_nodes={n}")
 
     def chunks():
-        for lf in ds.shards():
-            e = lf.collect()
+        for s in ds.stored_shards():
+            e = ds.shard(s).collect()
             yield e[columns[0]].to_numpy(), e[columns[1]].to_numpy()
     out = write_graph_dataset(path, n, chunks(), block_features(n_classes, n_features, seed), n_classes,
-                              partitions, seed=seed, dtype=dtype, undirected=undirected, overwrite=True)
+                              partitions, seed=seed, dtype=dtype, undirected=undirected, overwrite=True,
+                              progress=progress)
     shutil.rmtree(tmp)
     return out
 

@@ -191,10 +191,11 @@ def to_relations(triples, n_entities: int, n_relations: int, name: str = "Triple
 
 def synthetic_dataset(path, n_entities: int, n_relations: int, n_triples: int, partitions: int = 4,
                       seed: int = 0, chunk: int = 1 << 20, dtype: str = "float32",
-                      overwrite: bool = False) -> Dataset:
+                      overwrite: bool = False, progress: bool | None = False) -> Dataset:
     """A SYNTHETIC knowledge graph ``Triple(h, r, t) -> 1.0`` written as a dataset hashed on ``h``,
     chunk by chunk: about ``n_triples`` distinct triples, heads and tails drawn with a Zipf-like
-    skew (entity e with weight 1 / (e + 1)), relations uniformly; repeats are dropped."""
+    skew (entity e with weight 1 / (e + 1)), relations uniformly; repeats are dropped.
+    ``progress=True``: a bar of the rows written."""
     if min(n_entities, n_relations, n_triples) < 1:
         raise ValueError(f"synthetic_dataset: n_entities, n_relations and n_triples must be positive, "
                          f"got {(n_entities, n_relations, n_triples)}")
@@ -210,18 +211,20 @@ def synthetic_dataset(path, n_entities: int, n_relations: int, n_triples: int, p
             m = min(chunk, n_triples - start)
             yield {"h": skewed(r, m), "r": r.integers(0, n_relations, size=m), "t": skewed(r, m)}, np.ones(m)
     return write_distinct(chunks(), path, COLUMNS, partitions, ("h",), (n_entities, n_relations, n_entities),
-                          dtype, "Triple", overwrite)
+                          dtype, "Triple", overwrite, progress, total=n_triples)
 
 
 def triples_dataset(source, path, partitions: int = 4, n_entities: int | None = None,
                     n_relations: int | None = None, dtype: str = "float32", overwrite: bool = False,
-                    chunk: int = 1 << 20) -> Dataset:
+                    chunk: int = 1 << 20, progress: bool | None = False) -> Dataset:
     """A user's triple file (CSV/TSV with or without a header line, or Parquet) whose first three
     columns are integer ids of head, relation and tail, written as ``Triple(h, r, t) -> 1.0``,
     hashed on ``h``, streamed ``chunk`` rows at a time. Files of names (Nations' TSVs) are read
-    with ``from_tsv``, which numbers the names. Extents default to max(id) + 1."""
+    with ``from_tsv``, which numbers the names. Extents default to max(id) + 1. ``progress=True``:
+    a bar of the rows written."""
     extents = None
     if n_entities is not None and n_relations is not None:
         extents = (n_entities, n_relations, n_entities)
     return import_file(source, path, keys=COLUMNS, partitions=partitions, hash_by=("h",), extents=extents,
-                       columns=COLUMNS, dtype=dtype, name="Triple", chunk_rows=chunk, overwrite=overwrite)
+                       columns=COLUMNS, dtype=dtype, name="Triple", chunk_rows=chunk, overwrite=overwrite,
+                       progress=progress)

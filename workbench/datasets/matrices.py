@@ -184,11 +184,12 @@ def to_relation(matrix: SparseMatrix, dtype=None, name: str = "Entry") -> Relati
 
 def low_rank_dataset(path, n_rows: int, n_cols: int, rank: int, nnz: int, noise: float = 0.0,
                      partitions: int = 4, seed: int = 0, chunk: int = 1 << 20, dtype: str = "float32",
-                     overwrite: bool = False) -> Dataset:
+                     overwrite: bool = False, progress: bool | None = False) -> Dataset:
     """``Entry(i, j) -> x_ij`` of a SYNTHETIC low-rank matrix (as ``low_rank``: x = W H^T at the
     observed entries, + noise clipped at 0) written as a dataset hashed on ``i``, chunk by chunk:
     about ``nnz`` distinct entries (draws that repeat an entry are dropped), memory O(chunk +
-    (n_rows + n_cols) * rank). The true factors are not stored; regenerate them from the seed."""
+    (n_rows + n_cols) * rank). The true factors are not stored; regenerate them from the seed.
+    ``progress=True``: a bar of the rows written."""
     if min(n_rows, n_cols, rank, nnz) < 1:
         raise ValueError(f"low_rank_dataset: n_rows, n_cols, rank and nnz must be positive, got "
                          f"{(n_rows, n_cols, rank, nnz)}")
@@ -207,4 +208,4 @@ def low_rank_dataset(path, n_rows: int, n_cols: int, rank: int, nnz: int, noise:
                 x = np.maximum(x + noise * r.normal(size=m), 0.0)
             yield {"i": rows, "j": cols}, x
     return write_distinct(chunks(), path, ("i", "j"), partitions, ("i",), (n_rows, n_cols), dtype,
-                          "Entry", overwrite)
+                          "Entry", overwrite, progress, total=nnz)

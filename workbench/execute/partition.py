@@ -14,7 +14,10 @@ from workbench.plan import Schema
 from workbench.storage import shard_hash
 from workbench.table import Table, empty_keys
 
-MAX_PARTITIONS = 4096  # more partitions than this is a mistake on any cluster this runs on
+# Every operator runs once per partition and a shuffle moves P x P pieces: past a few hundred
+# partitions the pieces are tiny and their overhead is all there is (one actor is ~1 GiB of
+# runtime besides). A larger count is a mistake, not a plan.
+MAX_PARTITIONS = 256
 
 
 def check_partitions(partitions, where: str) -> int:
@@ -24,7 +27,8 @@ def check_partitions(partitions, where: str) -> int:
                         f"{partitions!r} ({type(partitions).__name__}); e.g. partitions=4")
     if not 1 <= partitions <= MAX_PARTITIONS:
         raise ValueError(f"{where}: partitions must be between 1 and {MAX_PARTITIONS}, got "
-                         f"{partitions}; use about one or a few per worker process")
+                         f"{partitions}; use about one or a few per worker process (e.g. partitions=4 "
+                         f"on a 4-core machine)")
     return int(partitions)
 
 
@@ -57,11 +61,12 @@ def piece_meta(piece) -> tuple[int, int]:
 def destinations(keys: pl.DataFrame, cols: Sequence[str], n: int, parts: int) -> np.ndarray:
     """The partition of each row: a hash of the ``cols`` values, the same in every process (all 0
     for no columns); the hash partitioned datasets are written with (``storage.shard_hash``)."""
-    return shard_hash(keys, cols, n, parts)
+    return shard_hash(keys, cols, n, check_partitions(parts, "destinations"))
 
 
 def split_piece(piece, cols: Sequence[str], parts: int) -> list:
     """Split a piece into ``parts`` pieces by the hash of ``cols``."""
+    parts = check_partitions(parts, "split_piece")
     keys, n = piece[0], int(piece[1].shape[0])
     dest = destinations(keys, cols, n, parts)
     order = np.argsort(dest, kind="stable")

@@ -145,15 +145,17 @@ class RayRunner(Executor):
     pass it as ``executor=`` to ``wb.value_and_grad``, ``wb.grad``, ``wb.vjp`` or ``wb.plans``.
 
     ``ray_init`` extends the arguments of ``ray.init``; Ray is started only if it is not running
-    and shut down on exit only if this runner started it.
+    and shut down on exit only if this runner started it. ``progress=True`` shows a bar of the
+    rows read when a stored relation (a dataset) is first loaded.
     """
 
     name = "ray"
     rules = RULES
 
     def __init__(self, partitions: int = 4, num_cpus: int | None = None, address: str | None = None,
-                 **ray_init):
+                 progress: bool | None = False, **ray_init):
         self.partitions = check_partitions(partitions, type(self).__name__)
+        self.progress = progress
         self.num_cpus = num_cpus
         self.address = address
         self.ray_init = ray_init
@@ -247,7 +249,7 @@ class RayRunner(Executor):
         by = node.schema.keys
 
         def split() -> Partitioned:
-            pieces = split_piece(table_piece(as_table(node.table)), by, self.partitions)
+            pieces = split_piece(table_piece(as_table(node.table, self.progress)), by, self.partitions)
             return Partitioned(node.schema, by, [self.put_piece(p, x) for p, x in enumerate(pieces)],
                                [piece_meta(x) for x in pieces])
         return replace(self.stored(node.table, None, split), schema=node.schema)

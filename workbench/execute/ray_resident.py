@@ -52,6 +52,7 @@ from workbench.execute.partition import concat_pieces, piece_table
 from workbench.execute.ray import RULES, MetaAt, Partitioned, RayContext, RayRunner
 from workbench.execute.ray_actor import MissingState, PartitionActor
 from workbench.plan import Node, Scan
+from workbench.progress import progress_bar
 from workbench.storage import StoredTable
 from workbench.table import ReadOnFirstUse, Table
 
@@ -153,7 +154,9 @@ class ResidentRunner(RayRunner):
     """Run plans over ``partitions`` resident partitions, one Ray actor each (a context manager;
     see the module docstring). ``address`` joins a running cluster (``ray start``) instead of
     starting Ray on loopback; ``max_restarts`` bounds how often Ray restarts a lost actor, and
-    ``retries`` how often a run interrupted by a lost actor is run again."""
+    ``retries`` how often a run interrupted by a lost actor is run again. ``progress=True``
+    shows a bar of the rows each partition's actor loads when a dataset is first read (the
+    driver then waits for the loads before it queues more work)."""
 
     name = "ray-resident"
     # the task runner's rewrites and sparse products: a sum of edge-weighted node values is the
@@ -161,8 +164,8 @@ class ResidentRunner(RayRunner):
     rules = RULES + (passes.sparse_products,)
 
     def __init__(self, partitions: int = 4, num_cpus: int | None = None, address: str | None = None,
-                 max_restarts: int = 3, retries: int = 2, **ray_init):
-        super().__init__(partitions, num_cpus, address, **ray_init)
+                 max_restarts: int = 3, retries: int = 2, progress: bool | None = False, **ray_init):
+        super().__init__(partitions, num_cpus, address, progress, **ray_init)
         self.max_restarts, self.retries = int(max_restarts), int(retries)
         self._actors: list = []
         self._batches: list[_Batch] = []
@@ -440,7 +443,22 @@ class ResidentRunner(RayRunner):
             metas.append(self._enqueue(p, ("load", h.slot, str(table.dataset.path), self.partitions,
                                            tuple(cols), table.dtype)))
             parts.append(h)
+        if self.progress:
+            self._show_loads(node, table, cols, metas)
         return Partitioned(node.schema, tuple(cols), parts, metas)
+
+    def _show_loads(self, node: Scan, table: StoredTable, cols: tuple[str, ...], metas: list[MetaAt]) -> None:
+        """A bar of the rows loaded, advanced as each partition's actor reports its load."""
+        refs = {m.object_ref(): (p, m.index) for p, m in enumerate(metas)}  # sends the loads
+        waiting = list(refs)
+        hashed = f" hashed on {', '.join(cols)}" if cols else ""
+        desc = f"loading {node.display_name}{hashed} into {self.partitions} partitions"
+        with progress_bar(table.dataset.rows, desc, self.progress, unit="rows") as bar:
+            while waiting:
+                done, waiting = ray.wait(waiting, num_returns=1)
+                p, index = refs[done[0]]
+                rows = ray.get(done[0])[index][0]
+                bar.update(rows, partition=p, rows=f"{rows:,}")
 
     def stored(self, table, cols, make):
         """As the task runner's, with the slots held for the table's lifetime, not the run's."""

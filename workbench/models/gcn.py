@@ -37,7 +37,7 @@ from workbench.optim import Adam
 from workbench.programs import propagate, softmax_cross_entropy
 from workbench.relation import Relation, default_dtype, from_tensor
 from workbench.api import jit, value_and_grad
-from workbench.models.progress import progress_bar
+from workbench.progress import progress_bar
 
 PAPER = {"hidden": 256, "lr": 0.1, "dropout": 0.5}  # Tang et al.'s experiments
 KARATE_LABELLED = (0, 33)  # Mr. Hi and the Officer, the two clubs' leaders

@@ -45,7 +45,7 @@ from workbench.ops import aggregate, join, select
 from workbench.optim import Adam
 from workbench.relation import Relation, default_dtype, from_frame, from_tensor
 from workbench.api import jit, value_and_grad
-from workbench.models.progress import progress_bar
+from workbench.progress import progress_bar
 
 
 # ---- the two models: per-tuple kernels and their dense (broadcasting) score -----------------

@@ -36,7 +36,7 @@ import numpy as np
 from workbench.ops import aggregate, join, select
 from workbench.relation import Relation, default_dtype, from_tensor
 from workbench.api import jit, value_and_grad
-from workbench.models.progress import progress_bar
+from workbench.progress import progress_bar
 
 BLOCK = 64  # rows per block of the data relations
 BLOCK_KEY = "block"

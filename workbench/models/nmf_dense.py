@@ -38,7 +38,7 @@ import numpy as np
 
 from workbench import optim
 from workbench.api import jit, value_and_grad
-from workbench.models.progress import progress_bar
+from workbench.progress import progress_bar
 from workbench.ops import aggregate, join
 from workbench.relation import Relation, default_dtype, from_matrix, from_tensor
 

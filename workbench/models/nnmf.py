@@ -28,7 +28,7 @@ from workbench.datasets.matrices import SparseMatrix, to_relation
 from workbench.ops import aggregate, join, select
 from workbench.relation import Relation, from_tensor
 from workbench.api import jit, value_and_grad
-from workbench.models.progress import progress_bar
+from workbench.progress import progress_bar
 
 METHODS = ("projected", "multiplicative")
 ENTRY_KEYS = {"i": "left.i", "j": "left.j"}

@@ -119,7 +119,7 @@ def test_a_baseline_over_the_cap_is_marked_out_of_memory(tmp_path):
     assert not r["oom"] and r["seconds"] > 0 and len(r["losses"]) == 2
 
 
-def test_quick_width_and_embedding_size_figures_are_written(tmp_path):
+def test_quick_width_and_embedding_size_figures_are_written(tmp_path, monkeypatch):
     """The two one-process figures at their quick sizes: every system measured at every width
     (or marked out of memory), and a trained model's MRR at every embedding size."""
     width, kge_width = reproduce.reproduce(tmp_path, quick=True, only=["width", "kge_width"])
@@ -132,6 +132,12 @@ def test_quick_width_and_embedding_size_figures_are_written(tmp_path):
     assert [int(x["dim"]) for x in rows] == [16, 64]
     assert all(0.0 < float(x["mrr"]) <= 1.0 for x in rows)
     assert width.png.stat().st_size > 10_000 and kge_width.png.stat().st_size > 10_000
+    # a second run resumes from the journal of trained rows: nothing is trained again
+    def no_training(*args, **kwargs):
+        raise AssertionError("kge_width trained a row its journal already holds")
+    monkeypatch.setattr(reproduce.kge, "train", no_training)
+    again = reproduce.kge_width(tmp_path, quick=True)
+    assert [(r["dim"], r["mrr"]) for r in again.rows] == [(int(x["dim"]), float(x["mrr"])) for x in rows]
 
 
 def test_a_child_of_a_large_process_reports_its_own_peak():

@@ -886,8 +886,15 @@ def reproduce(out: str | Path = "figures", quick: bool = False, only: list[str] 
                     f"load average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end.*\n")
         print(f"{name}: {figure.png} ({figure.seconds:.0f} s)", flush=True)
         done.append(figure)
-    # the summary holds every figure written so far in ``out``, in FIGURES order
+    write_summary(out)
+    return done
+
+
+def write_summary(out: str | Path = "figures") -> Path:
+    """``out/paper_summary.md``: the summary of every figure written so far in ``out``, in
+    ``FIGURES`` order (figures run separately, or copied in, are collected too)."""
+    out = Path(out)
     parts = [(out / f"paper_{name}.md").read_text() + f"\n![{name}](paper_{name}.png)\n"
              for name in FIGURES if (out / f"paper_{name}.md").exists()]
     (out / "paper_summary.md").write_text("\n".join(parts))
-    return done
+    return out / "paper_summary.md"

@@ -7,7 +7,8 @@ float32 throughout.
 
 An epoch is ``models/gcn.py``'s: draw the two dropout masks, the relational forward plan and the
 backward plan the RJP rules derive (``wb.value_and_grad(gcn.loss_program(...))``, locally or with
-``executor=RayRunner(P)``), then Adam over W1 and W2 on the driver. The graph is a SYNTHETIC
+``executor=wb.RayRunner(P)``, or ``--runner tasks``: the task-per-node runner), then Adam over W1
+and W2 on the driver. The local epoch is the interpreter's, the executor each partition runs. The graph is a SYNTHETIC
 stochastic block model with the size of the named data set (``graphs.synthetic_like``).
 
 Each configuration runs in a fresh process (so the driver's peak is its own): one warm-up epoch
@@ -82,7 +83,8 @@ def _ray_workers() -> list[int]:
     return pids
 
 
-def one(graph_name: str, hidden: int, partitions: int, repeat: int, dropout: float) -> dict:
+def one(graph_name: str, hidden: int, partitions: int, repeat: int, dropout: float,
+        runner_kind: str = "resident") -> dict:
     """Run the epochs of one configuration (partitions 0: the local executor) in this process."""
     import numpy as np
 
@@ -103,11 +105,19 @@ def one(graph_name: str, hidden: int, partitions: int, repeat: int, dropout: flo
     def epochs(runner):
         nonlocal W1, W2, state
         times, losses, peaks = [], [], []
+        # one program for every epoch, as gcn.train builds it: the masks are arguments
+        if dropout:
+            step = wb.value_and_grad(gcn.masked_loss_program(rels, 5e-4, targets), argnums=(1, 2),
+                                     executor=runner)
+        else:
+            step = wb.value_and_grad(gcn.loss_program(rels, None, None, 5e-4, targets), argnums=(1, 2),
+                                     executor=runner)
         for e in range(1 + repeat):
             start = time.perf_counter()
-            m1, m2 = gcn.dropout_mask(rels.node, dropout, rng, "M1"), gcn.dropout_mask(shape2, dropout, rng, "M2")
-            loss, grads = wb.value_and_grad(gcn.loss_program(rels, m1, m2, 5e-4, targets), argnums=(1, 2),
-                                            executor=runner)(rels.node, W1, W2)
+            masks = ()
+            if dropout:
+                masks = (gcn.dropout_mask(rels.node, dropout, rng, "M1"), gcn.dropout_mask(shape2, dropout, rng, "M2"))
+            loss, grads = step(rels.node, W1, W2, *masks)
             (W1, W2), state = opt.update((W1, W2), grads, state)
             W1.table().values.block_until_ready()
             if e:
@@ -120,7 +130,10 @@ def one(graph_name: str, hidden: int, partitions: int, repeat: int, dropout: flo
     sampler = _Sampler()
     sampler.start()
     if partitions:
-        from workbench.execute.ray import RayRunner
+        if runner_kind == "tasks":
+            from workbench.execute.ray import RayRunner
+        else:
+            RayRunner = wb.RayRunner
 
         with RayRunner(partitions=partitions, num_cpus=2) as runner:
             times, losses, worker = epochs(runner)
@@ -142,15 +155,18 @@ def main(argv=None) -> None:
     ap.add_argument("--partitions", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--dropout", type=float, default=0.5)
+    ap.add_argument("--runner", default="resident", choices=["resident", "tasks"],
+                    help="wb.RayRunner (one actor per partition, default) or the task-per-node runner")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # run one configuration, print JSON
     args = ap.parse_args(argv)
     if args.one is not None:
-        print(json.dumps(one(args.graph, args.hidden, args.one, args.repeat, args.dropout)))
+        print(json.dumps(one(args.graph, args.hidden, args.one, args.repeat, args.dropout, args.runner)))
         return
     rows = []
     for p in [0, *args.partitions]:
         cmd = [sys.executable, __file__, "--graph", args.graph, "--hidden", str(args.hidden),
-               "--repeat", str(args.repeat), "--dropout", str(args.dropout), "--one", str(p)]
+               "--repeat", str(args.repeat), "--dropout", str(args.dropout), "--runner", args.runner,
+               "--one", str(p)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
@@ -163,7 +179,7 @@ def main(argv=None) -> None:
     print(f"{'executor':<12} {'epoch s':>8} {'vs local':>8} | {'driver peak RSS':>15} {'vs local':>8} "
           f"{'private':>8} | {'max worker RSS':>14} {'private':>8} | {'first losses':>16}")
     for r in rows:
-        name = "local" if not r["partitions"] else f"ray P={r['partitions']}"
+        name = "local" if not r["partitions"] else f"{args.runner} P={r['partitions']}"
         worker = (f"{r['worker_peak'] / gib:>14.2f} {r['worker_anon'] / gib:>8.2f}" if r["partitions"]
                   else f"{'-':>14} {'-':>8}")
         print(f"{name:<12} {r['epoch_s']:>8.2f} {r['epoch_s'] / g['epoch_s']:>7.2f}x | "

@@ -1,9 +1,11 @@
 """Kernels compile once per kernel, value shape and dtype, not once per call."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 import workbench as wb
 from workbench.execute import batched
+from workbench.kernels import Kernel
 
 
 def test_a_kernel_recreated_each_step_compiles_once(rng):
@@ -33,3 +35,26 @@ def test_buckets_grow_by_quarter_octaves():
     assert sizes == sorted(sizes) and all(b >= n for n, b in zip(range(1, 100), sizes))
     assert max(b / n for n, b in zip(range(8, 100), sizes[7:])) <= 1.25
     assert batched.bucket(1 << 20) == 1 << 20  # large relations compile exactly
+
+
+def test_a_pickled_kernel_keys_like_the_original():
+    """A partition's worker receives every plan's kernels pickled; library functions that a
+    module exports (``jnp.matmul`` is a jit-compiled function, ``jax.nn.relu`` a custom_jvp) come
+    back as new objects, and must key alike, or the worker compiles every kernel on every run."""
+    import cloudpickle
+
+    def layer(h, w):
+        return jax.nn.relu(jnp.matmul(h, w))
+
+    k = Kernel(layer)
+    copies = [Kernel(cloudpickle.loads(cloudpickle.dumps(layer))) for _ in range(2)]
+    assert copies[0].fn is not layer
+    assert copies[0].key == copies[1].key == k.key
+    # callable objects of user code (two custom_jvp functions of one name) still key by identity
+    def make():
+        @jax.custom_jvp
+        def act(x):
+            return jnp.tanh(x)
+        act.defjvp(lambda primals, tangents: (act(primals[0]), tangents[0]))
+        return lambda x: act(x)
+    assert Kernel(make()).key != Kernel(make()).key

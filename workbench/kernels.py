@@ -84,6 +84,20 @@ def kernel_name(fn: Callable) -> str:
     return "lambda" if name == "<lambda>" else name
 
 
+def _library_callable(x):
+    """A library callable object is keyed by identity, except one that a library module exports
+    under its name (``jnp.matmul``, a jit-compiled function; ``jax.nn.relu``, a custom_jvp): that
+    one is keyed by module and name, and so is a copy of it of the same type. Pickled into a
+    partition's worker with every plan (as cloudpickle does), ``jnp.matmul`` arrives as a new
+    object; keyed by identity, its kernels would compile again on every run."""
+    module, name = getattr(x, "__module__", None), getattr(x, "__name__", None)
+    owner = sys.modules.get(module) if isinstance(module, str) else None
+    exported = getattr(owner, name, None) if owner is not None and isinstance(name, str) else None
+    if exported is not None and type(exported) is type(x) and _library_module(owner):
+        return ("exported", module, name)
+    return _Ref(x)
+
+
 class _Ref:
     """An identity key that keeps its object alive, so no other object can reuse its id()."""
 
@@ -318,7 +332,7 @@ class _Fingerprint:
             call_key = key(call, d) if call is not _MISSING and callable(x) else None
             return ("object", space, call_key, self.state(x, d))
         if callable(x):  # a library callable: jitted, custom_jvp, ufunc, ... functions
-            return _Ref(x)
+            return _library_callable(x)
         h = t.__hash__
         if h is not None and h is not object.__hash__:  # a value type (hash by content)
             try:
@@ -345,9 +359,13 @@ class _Fingerprint:
         self.names.update(names)
         g = fn.__globals__
         globs = tuple([(n, key(g[n], d)) for n in names if n in g])
+        # the names the code reads that its globals lack (builtins, or a NameError): with the
+        # values of the others, all a globals dict contributes, so a copy of the function with
+        # its own globals dict (pickled into a partition's worker) keys alike
+        absent = tuple(sorted(n for n in names if n not in g))
         attrs = key(fn.__dict__, d) if fn.__dict__ else None
         return ("function", code, self.cells(fn, d), globs, key(fn.__defaults__, d),
-                key(fn.__kwdefaults__, d), attrs, id(g))  # callers keep fn (so g) alive
+                key(fn.__kwdefaults__, d), attrs, absent)
 
     def cells(self, fn, d):
         out = []
@@ -446,7 +464,8 @@ def fingerprint(fn: Callable):
 
     Tracked, by content (recursively, up to ``_MAX_DEPTH`` levels):
       * User functions: code, closure cells, the globals the code names, defaults, keyword
-        defaults, function attributes (``fn.__dict__``), and which globals dict they use.
+        defaults, function attributes (``fn.__dict__``), and which of the names they read their
+        globals lack.
       * ``functools.partial``: func, args, keywords. Bound methods: ``__func__`` and ``__self__``.
         Builtin methods of objects (``arr.sum``): the name and the object.
       * Instances of user classes: their class, ``vars(obj)`` and their ``__slots__`` values; a
@@ -463,7 +482,8 @@ def fingerprint(fn: Callable):
     Keyed by identity (assumed not to change): JAX arrays (immutable); library modules, classes
     and functions (``jnp.sum``, ``jax.nn.relu``); library callable objects, including ``jax.jit``
     results and ``jax.custom_jvp``/``custom_vjp`` functions, even of user code (as in ``jax.jit``,
-    the state they read is not tracked); slot and method descriptors; enum members; bare
+    the state they read is not tracked), except those a library module exports under their name
+    (``jnp.matmul``), keyed by module and name so a pickled copy keys alike; slot and method descriptors; enum members; bare
     ``object()`` sentinels. A library closure (``jax.vmap(f)``, ``jax.grad(f)``) keys its cells,
     so ``f`` is walked. Library values with their own ``__hash__`` (dtypes, ``ShapeDtypeStruct``)
     are keyed by value.

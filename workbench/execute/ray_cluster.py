@@ -22,8 +22,9 @@ def start(num_cpus: int | None = None, address: str | None = None, **ray_init) -
     else:
         ray_constants.ENABLE_RAY_CLUSTER = False  # loopback stays loopback (see workbench.execute)
         if address is None:
-            args = dict(num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
-                        log_to_driver=False, configure_logging=False)
+            # address="local": a new Ray of its own, even when `ray start` runs on this machine
+            args = dict(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1",
+                        include_dashboard=False, log_to_driver=False, configure_logging=False)
         else:  # joining: the cluster's nodes bring their own resources
             if num_cpus is not None:
                 raise ValueError(f"RayRunner(address={address!r}): num_cpus is set by each node's "

@@ -147,14 +147,7 @@ def test_kge_on_datasets_equals_local(runner, tmp_path, model):
     E, R = kge.init_embeddings(m, n_entities, n_relations, dim, np.random.default_rng(0))
     Entity = wb.from_tensor(E, keys=("e",), dtype="float64", name="Entity")
     Rel = wb.from_tensor(R, keys=("r",), dtype="float64", name="Rel")
-
-    def loss(Entity, Rel):
-        lp = wb.aggregate(wb.select(kge.scores(pos, Entity, Rel, m), kernel=lambda s: jax.nn.softplus(-s)),
-                          by=(), kernel="mean")
-        ln = wb.aggregate(wb.select(kge.scores(neg, Entity, Rel, m), kernel=jax.nn.softplus),
-                          by=(), kernel="mean")
-        return wb.join(lp, ln, on={}, kernel=jnp.add)
-
+    loss = kge.logistic_loss_program(m, pos, neg)
     value, (gE, gR) = check_value_and_grad(runner, loss, (Entity, Rel), (0, 1))
     assert float(value.to_tensor()) > 0 and float(jnp.abs(gE.table().values).max()) > 0
 

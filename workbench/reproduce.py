@@ -137,14 +137,7 @@ def _kge_problem(path: str, dim: int):
     E, R = kge.init_embeddings(m, n_entities, n_relations, dim, np.random.default_rng(0))
     Entity = wb.from_tensor(E, keys=("e",), dtype="float32", name="Entity")
     Rel = wb.from_tensor(R, keys=("r",), dtype="float32", name="Rel")
-
-    def loss(Entity, Rel):
-        lp = wb.aggregate(wb.select(kge.scores(pos, Entity, Rel, m), kernel=lambda s: jax.nn.softplus(-s)),
-                           by=(), kernel="mean")
-        ln = wb.aggregate(wb.select(kge.scores(neg, Entity, Rel, m), kernel=jax.nn.softplus),
-                           by=(), kernel="mean")
-        return wb.join(lp, ln, on={}, kernel=jnp.add)
-    return (Entity, Rel), loss
+    return (Entity, Rel), kge.logistic_loss_program(m, pos, neg)
 
 
 def model_epochs(model: str, path: str, width: int, system: str, repeat: int = 2,

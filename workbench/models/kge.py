@@ -304,6 +304,20 @@ def all_scores(m: Model, X: Relation, Entity: Relation, OneHot: Relation) -> Rel
     return P
 
 
+def logistic_loss_program(m: Model, Pos: Relation, Neg: Relation) -> Callable:
+    """The loss of (Entity, Rel) over stored positive and negative triples: mean softplus(-s)
+    over ``Pos(h, r, t)`` plus mean softplus(s) over ``Neg(h, r, t)`` (-log sigmoid of each
+    side), for triples read from datasets of any size (no pairing of positives with negatives)."""
+
+    def loss(Entity: Relation, Rel: Relation) -> Relation:
+        lp = aggregate(select(scores(Pos, Entity, Rel, m), kernel=lambda s: jax.nn.softplus(-s)),
+                       by=(), kernel="mean")
+        ln = aggregate(select(scores(Neg, Entity, Rel, m), kernel=jax.nn.softplus), by=(), kernel="mean")
+        return join(lp, ln, on={}, kernel=jnp.add)
+
+    return loss
+
+
 def one_n_loss_program(m: Model, Query: Relation, OneHot: Relation) -> Callable:
     """``loss(Entity, Rel)``: the 1-N softmax cross-entropy of the queries ``Query(q, h, r, t) ->
     w`` (w weights each query; 1/B for a batch of B), captured as data:

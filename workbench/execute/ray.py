@@ -443,15 +443,15 @@ def _final_sums(node: Node, final, mean: bool, maps: list, runner) -> Partitione
 @_run.register
 def _spmm(node: SpMM, inputs, runner, ctx) -> Partitioned:
     """Y(r) = sum_c E(r, c) X(c) by partition: E hashed on c meets X hashed on its key, the local
-    sparse product gives partial sums by r, shuffled on r and summed; with ``rows``, only the r
-    that ``rows`` holds are kept (after the sum, where ``rows`` is hashed on r too). Runners whose
-    rules rewrite to SpMM implement ``run_sums``."""
+    sparse product gives partial sums by r, one piece per partition of r (each made from the
+    edges whose r lands there, so no partition holds partial sums of every r at once), shuffled
+    on r and summed; with ``rows``, only the r that ``rows`` holds are kept (after the sum, where
+    ``rows`` is hashed on r too). Runners whose rules rewrite to SpMM implement
+    ``run_product_pieces`` and ``run_sums``."""
     edges = runner.shuffle(node.edge, inputs[0], (node.col_key,), ctx)
     dense = runner.shuffle(node.dense, inputs[1], node.dense.schema.keys, ctx)
     stub = runner.put_stub(replace(node, rows=None))
-    partial = [runner.run_apply(p, stub, [edges[p], dense[p]])[0] for p in range(runner.partitions)]
-    maps = [runner.run_split(part, (node.out_key,)) for part in partial]
-    runner.release(partial)
+    maps = [runner.run_product_pieces(p, stub, [edges[p], dense[p]]) for p in range(runner.partitions)]
     keep = None if node.rows is None else runner.shuffle(node.rows, inputs[2], node.rows.schema.keys, ctx)
     final = runner.put_stub(Aggregate(node.schema, node, (node.out_key,), "sum"))
     out = [runner.run_sums(p, final, [m[p] for m in maps], None if keep is None else keep[p])

@@ -12,6 +12,10 @@ Operations (``run``'s ``ops``), each naming slots by the driver's numbers:
     final    sum partial sums (and counts, for a mean) received from every partition
     split    a held slot cut into P pieces by a hash of some key columns: the call's outputs
     partial  partial sums (and counts) of a held slot, cut by the group keys: the call's outputs
+    product  a sparse product's partial sums, one piece per partition of its output key, each
+             made from the edges whose row lands there and put in the object store as it is made
+             (the call's outputs are their references), so one piece is held at a time
+    sums     sum the pieces of partial sums received from every partition, one piece at a time
     export   a held slot as a piece: the call's output (a broadcast, or a gathered result)
     update   an optimizer step of a held parameter partition with its gradient, in place
     free     drop slots
@@ -35,8 +39,8 @@ import polars as pl
 import ray
 
 from workbench.errors import PlanError
-from workbench.execute.local import LocalContext, check_unique, run_node
-from workbench.execute.partition import concat_pieces, destinations, piece_meta, table_piece
+from workbench.execute.local import LocalContext, check_unique, group_ids, run_node
+from workbench.execute.partition import concat_pieces, destinations, empty_piece, piece_meta, table_piece
 from workbench.plan import Node, Scan
 from workbench.storage import Dataset
 from workbench.table import Table
@@ -62,6 +66,7 @@ class Partition:
         self._used: dict[int, int] = {}  # id(canonical frame) -> the last run that used it
         self._stubs: dict[tuple, Scan] = {}  # (id(frame), schema, name) -> stub scan
         self._routes: dict[tuple, tuple] = {}  # (id(frame), cols, parts) -> (order, bounds)
+        self._cuts: dict[tuple, tuple] = {}  # (id(frame), col, parts) -> (stored edge table, its cut by col's hash)
         self._empty = pl.DataFrame()
         self.run_id = 0
         self.params: dict[int, dict] = {}  # slot -> optimizer state of a held parameter
@@ -104,6 +109,7 @@ class Partition:
         dead = {s for k, s in self._stubs.items() if k[0] in ids}
         self._stubs = {k: s for k, s in self._stubs.items() if k[0] not in ids}
         self._routes = {k: r for k, r in self._routes.items() if k[0] not in ids}
+        self._cuts = {k: c for k, c in self._cuts.items() if k[0] not in ids}
         if dead:
             self.ctx.matches = {k: m for k, m in self.ctx.matches.items() if not _mentions(k, dead)}
 
@@ -143,9 +149,15 @@ class Partition:
                     self._slot_tables[slot] = Table(keys, jnp.asarray(values))
                 out.append(self._slot_tables[slot])
                 continue
-            pieces = [self._piece(v) if kind == "slot" else args[v] for kind, v in group]
+            pieces = self._pieces(group, args)
             out.append(concat_pieces(pieces) if pieces else None)
         return out
+
+    def _pieces(self, group, args) -> list:
+        """The pieces one input's specs name; a piece another actor put in the object store
+        comes as its reference and is read from there (zero-copy for its arrays)."""
+        pieces = [self._piece(v) if kind == "slot" else args[v] for kind, v in group]
+        return [ray.get(x) if isinstance(x, ray.ObjectRef) else x for x in pieces]
 
     def run(self, run_id: int, x64: bool, ops: list, args: tuple):
         """Run ``ops`` in order; returns (metas of the slots written, outputs of the last op)."""
@@ -189,9 +201,11 @@ class Partition:
             metas.append(self._hold(slot, self._final(args[node_arg], mean, _as_piece(self._inputs(specs, args)[0]))))
         elif kind == "sums":
             _, slot, node_arg, specs = op
-            inputs = self._inputs(specs, args)
-            metas.append(self._hold(slot, self._sums(args[node_arg], _as_piece(inputs[0]),
-                                                     inputs[1] if len(inputs) > 1 else None)))
+            keep = self._inputs(specs[1:], args)[0] if len(specs) > 1 else None
+            metas.append(self._hold(slot, self._sums(args[node_arg], self._pieces(specs[0], args), keep)))
+        elif kind == "product":
+            _, node_arg, specs, parts = op
+            outputs.extend(self._product_pieces(args[node_arg], self._inputs(specs, args), parts))
         elif kind == "split":
             _, slot, cols, parts = op
             outputs.extend(self._split(self._piece(slot), cols, parts))
@@ -209,7 +223,9 @@ class Partition:
                 self.params.pop(s, None)
                 self.failed.pop(s, None)
                 self.stored.discard(s)
-                self._slot_tables.pop(s, None)
+                table = self._slot_tables.pop(s, None)
+                if table is not None:  # and the cuts of it
+                    self._cuts = {k: c for k, c in self._cuts.items() if c[0] is not table}
         else:
             raise ValueError(f"partition {self.index}: unknown operation {kind!r}")
 
@@ -234,15 +250,7 @@ class Partition:
         """``piece`` cut by the hash of ``cols``: its route (row order and bounds) is computed once
         per key frame."""
         keys = self._canon(piece[0])
-        n = int(piece[1].shape[0])
-        route = self._routes.get((id(keys), cols, parts))
-        if route is None or not keys.width:
-            dest = destinations(keys, cols, n, parts)
-            order = np.argsort(dest, kind="stable")
-            route = (order, np.searchsorted(dest[order], np.arange(parts + 1)))
-            if keys.width:
-                self._routes[(id(keys), cols, parts)] = route
-        order, bounds = route
+        order, bounds = self._route(keys, cols, int(piece[1].shape[0]), parts)
         out = []
         for p in range(parts):
             rows = order[bounds[p]:bounds[p + 1]]
@@ -270,12 +278,61 @@ class Partition:
             values = values / counts.reshape((-1,) + (1,) * (values.ndim - 1))  # mean = sum / |group|
         return sums.keys, values
 
-    def _sums(self, node: Node, piece, keep):
-        """The sums by ``node.by`` of the partial sums in ``piece``; with ``keep``, only the groups
-        whose keys ``keep`` holds (a semi-join on the keys)."""
-        node, (t,) = self._tables(node, [piece[:2]])
-        sums = run_node(node, [t], self.ctx)
-        keys, values = sums.keys, np.asarray(sums.values)
+    def _route(self, keys: pl.DataFrame, cols: tuple[str, ...], n: int, parts: int) -> tuple:
+        """Rows ordered by the partition of their ``cols`` hash, and each partition's bounds in
+        that order; computed once per key frame."""
+        route = self._routes.get((id(keys), cols, parts))
+        if route is None or not keys.width:
+            dest = destinations(keys, cols, n, parts)
+            order = np.argsort(dest, kind="stable")
+            route = (order, np.searchsorted(dest[order], np.arange(parts + 1)))
+            if keys.width:
+                self._routes[(id(keys), cols, parts)] = route
+        return route
+
+    def _product_pieces(self, node, inputs, parts: int) -> list:
+        """Y(r) = sum_c M[r, c] X(c) over this partition's edges, as one piece per partition q of
+        r: Y_q = M_q X, M_q the edges whose r hashes to q (cut once per edge table, so each cut
+        keeps its CSR from step to step). Each Y_q is put in the object store as soon as it is
+        made; the references are returned."""
+        edge, dense = (x if isinstance(x, Table) else Table(self._canon(x[0]), jnp.asarray(x[1]))
+                       for x in inputs)
+        key = (id(edge.keys), node.row_key, parts)
+        held = self._cuts.get(key)
+        if held is not None and held[0] is edge:  # a stored edge table, cut in an earlier step
+            cut = held[1]
+        else:
+            order, bounds = self._route(edge.keys, (node.row_key,), edge.height, parts)
+            values = np.asarray(edge.values)
+            cut = []
+            for q in range(parts):
+                rows = order[bounds[q]:bounds[q + 1]]
+                cut.append(Table(edge.keys[rows], jnp.asarray(values[rows])))
+            if any(edge is t for t in self._slot_tables.values()):  # its values never change
+                self._cuts[key] = (edge, cut)
+        refs = []
+        for e in cut:
+            piece = empty_piece(node.schema) if not e.height else table_piece(run_node(node, [e, dense], self.ctx))
+            refs.append(ray.put(piece))
+        return refs
+
+    def _sums(self, node: Node, pieces: list, keep):
+        """The sums by ``node.by`` of partial sums received as ``pieces``, added one piece at a
+        time into the groups (no concatenation of their values); with ``keep``, only the groups
+        whose keys ``keep`` holds (a semi-join on the keys). Within a piece the group keys are
+        distinct (each is a partial sum by those keys), so a piece adds with one indexed add."""
+        pieces = [p for p in pieces if p[1].shape[0]]
+        if not pieces:
+            keys, values = empty_piece(node.schema)
+        else:
+            ids, keys, g = group_ids(pl.concat([p[0].select(node.by) for p in pieces]), node.by,
+                                     node.schema.extents)
+            values = np.zeros((g, *node.schema.value_shape), node.schema.dtype)
+            at = 0
+            for p in pieces:
+                n = p[1].shape[0]
+                values[ids[at:at + n]] += p[1]
+                at += n
         if keep is not None:
             kk = keep.keys if isinstance(keep, Table) else keep[0]
             wanted = kk.rename(dict(zip(kk.columns, node.by))).select(node.by)

@@ -404,6 +404,13 @@ class ResidentRunner(RayRunner):
     def release(self, parts: list) -> None:
         self._free([h for h in parts if isinstance(h, Held)])
 
+    def run_product_pieces(self, p: int, stub, groups: list[list]) -> list:
+        """Partition p's sparse product (edges, dense) as partial sums cut by the hash of the
+        output key: one piece per partition, each put in the object store as it is made."""
+        specs, batch = self._specs(p, groups)
+        self._batches[p].ops.append(("product", batch.arg(stub), specs, self.partitions))
+        return self._flush(p, self.partitions)
+
     def run_sums(self, p: int, stub, pieces: list, keep: list | None):
         """Sum partial sums by the stub's group keys, keeping only groups ``keep`` holds."""
         groups = [pieces] + ([keep] if keep is not None else [])

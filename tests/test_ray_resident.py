@@ -4,6 +4,8 @@ relations in memory and on Parquet datasets its actors read (the driver reads no
 steps of partitioned parameters where they live, repeated steps that reuse the key-side work, a
 worker killed during an epoch (``test_ray_compare.py`` runs the contract suite and a sample of
 the random grid against it)."""
+import gc
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,6 +102,32 @@ def test_gcn_on_datasets_the_driver_never_reads(runner, graph_dataset):
             assert_same(a, b)
     for r in (rels.node, rels.edge, targets):
         assert r.node.table._table is None, f"the driver read dataset '{r.name}'"
+
+
+def test_a_step_frees_its_intermediates_when_it_returns(runner, graph_dataset):
+    """After value_and_grad returns, the actors hold the stored relations (the data, the step's
+    weights) and nothing of the step's forward and backward: the count holds from step to step,
+    and dropping the loss and gradients frees no more than their own slots and the backward's seed."""
+    g, path = graph_dataset
+    rels, targets = graphs.graph_relations(path)
+    W1, W2 = gcn.init_params(g.n_features, 5, g.n_classes, seed=0, dtype="float64")
+    step = wb.value_and_grad(gcn.loss_program(rels, None, None, 5e-4, targets), argnums=(1, 2), executor=runner)
+    opt = SGD(lr=0.1)
+    state, held = opt.init((W1, W2)), []
+    for _ in range(3):
+        inputs = (W1, W2)  # held while they live (the results' plans read them too)
+        loss, grads = step(rels.node, *inputs)
+        (W1, W2), state = opt.update(inputs, grads, state)
+        held.append(runner.held())
+    assert held[-1] == held[-2], held
+    results = (loss, *grads)
+    result_bytes = sum(np.asarray(r.to_tensor()).nbytes for r in results)
+    del loss, grads, results
+    gc.collect()
+    after = runner.held()
+    # what goes with the results: their own slots, and the backward's one-tuple seed (cotangent 1)
+    assert all(n0 - n1 <= 3 + 1 for (n0, _), (n1, _) in zip(held[-1], after)), (held[-1], after)
+    assert sum(b for _, b in held[-1]) - sum(b for _, b in after) <= result_bytes + 64, (held[-1], after)
 
 
 def test_gcn_with_dropout_masks_built_in_memory(runner):

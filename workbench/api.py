@@ -132,6 +132,7 @@ class Differentiated:
         ctx = ex.context()
         out = Relation.computed(out.node, ex.run([out.node], ctx)[0])
         grads = _gradients(ex, ctx, out, seed(out.node), leaves, nums)
+        ex.finish(ctx, [r.table() for r in (out, *grads)])  # the forward's intermediates can go
         grads = grads[0] if isinstance(self.argnums, int) else tuple(grads)
         return (out, grads) if self.with_value else grads
 

@@ -52,6 +52,11 @@ class Executor:
         """Compute every node reachable from ``outputs`` that ``ctx.memo`` lacks."""
         raise NotImplementedError
 
+    def finish(self, ctx: Context, tables: Sequence[Table]) -> None:
+        """``ctx`` will run no more plans, and of what its runs made only ``tables`` will be read:
+        an executor that holds results elsewhere (the resident runner's actors) drops the rest
+        now. Nothing to do here: the context's memo goes with it."""
+
     def collect(self, result: Any) -> Table:
         """One result in ``ctx.memo`` as a Table."""
         return result

@@ -410,6 +410,10 @@ class PartitionActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def held(self) -> tuple[int, int]:
+        """(slots, bytes of their arrays) this partition holds."""
+        return len(self.part.slots), sum(int(a.nbytes) for v in self.part.slots.values() for a in v[1:])
+
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 

@@ -213,6 +213,13 @@ class ResidentRunner(RayRunner):
         """The process id of each partition's actor."""
         return ray.get([a.pid.remote() for a in self._actors])
 
+    def held(self) -> list[tuple[int, int]]:
+        """Per partition, the (slots, bytes) its actor holds once the queued operations (frees
+        among them) have run: stored relations, results left on the actors, updated parameters."""
+        for p in range(self.partitions):
+            self._flush(p)
+        return ray.get([a.held.remote() for a in self._actors])
+
     def actor(self, p: int):
         """The actor of partition ``p`` (a Ray actor handle)."""
         return self._actors[p]
@@ -294,6 +301,22 @@ class ResidentRunner(RayRunner):
         super().execute(outputs, ctx)
         for p in range(self.partitions):  # start what is queued
             self._flush(p)
+
+    def finish(self, ctx: ResidentContext, tables) -> None:
+        """Free every slot ``ctx``'s runs wrote (the forward's intermediates, the backward's) but
+        those of ``tables``, which move to a lease of their own."""
+        lease = ctx.lease
+        if lease is None:
+            return
+        kept = _Lease(self)
+        for t in tables:  # a gathered result keeps its slots too: ``update`` reads them there
+            if isinstance(t, PartitionedTable) and t.lease is lease:
+                kept.slots.extend(h for h in t.rel.parts if isinstance(h, Held))
+                t.lease = kept
+        held = set(kept.slots)
+        done = [h for h in lease.slots if h not in held]
+        lease.slots.clear()
+        self._free(done)
 
     def collect(self, result: Partitioned):
         """A result stays with the actors; a keyless or small one (a loss, a weight's gradient) is

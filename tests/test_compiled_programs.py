@@ -19,20 +19,24 @@ def _factors(fn, *shapes):
     return passes.outer_factors(Kernel(fn, len(shapes)), shapes, "float64")
 
 
-@pytest.mark.parametrize("fn", [
-    lambda a, b: jnp.outer(a, b),
-    lambda a, b: a[:, None] * b[None, :],
-    lambda a, b: jnp.outer(b, a).T,
-    lambda a, b: jax.lax.dot_general(a, b, (((), ()), ((), ()))),
-    lambda a, b: jnp.outer(jnp.tanh(a) * 2.0, b + 1.0),  # factors computed from the arguments
+@pytest.mark.parametrize("fn, direct", [
+    (lambda a, b: jnp.outer(a, b), (0, 1)),
+    (lambda a, b: a[:, None] * b[None, :], (0, 1)),
+    (lambda a, b: jnp.outer(b, a).T, (0, 1)),
+    (lambda a, b: jax.lax.dot_general(a, b, (((), ()), ((), ()))), (0, 1)),
+    (lambda a, b: jnp.outer(jnp.tanh(a) * 2.0, b + 1.0), (None, None)),  # factors computed
+    (lambda a, b: jnp.outer(a, b * 3.0), (0, None)),
 ])
-def test_outer_products_are_recognized_with_their_factors(fn):
+def test_outer_products_are_recognized_with_their_factors(fn, direct):
+    """The factors (a, b) with outer(a, b) = kernel(...), and which arguments they are unchanged
+    (the compiled step reads those transposed from storage)."""
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=3), rng.normal(size=4)
     factors = _factors(fn, (3,), (4,))
     assert factors is not None
-    u, v = factors(a, b)
+    u, v = factors.fn(a, b)
     np.testing.assert_allclose(np.outer(u, v), fn(a, b), rtol=1e-12)
+    assert (factors.a_arg, factors.b_arg) == direct
 
 
 @pytest.mark.parametrize("fn, shapes", [
@@ -66,6 +70,21 @@ def test_weight_gradient_as_one_gemm_equals_interpreter_and_jax():
     dense = jax.grad(lambda x, w: jnp.sum((jnp.tanh(x @ w) - y) ** 2), argnums=(0, 1))(x, w)
     np.testing.assert_allclose(gw.to_tensor(), dense[1], rtol=1e-9)
     np.testing.assert_allclose(gx.to_tensor(), dense[0], rtol=1e-9)
+
+
+def test_a_weight_gradient_read_transposed_follows_new_argument_values():
+    """W's gradient sums outer(x_i, g_i) over rows: the compiled step reads X transposed, kept
+    from call to call while X's array is the same; new values of X give their own gradient."""
+    rng = np.random.default_rng(3)
+    xs = [rng.normal(size=(30, 6)) for _ in range(2)]
+    w, y = rng.normal(size=(6, 4)), rng.normal(size=(30, 4))
+    W, Y = wb.from_tensor(w, name="W"), wb.from_tensor(y, keys=("i",), name="Y")
+    step = wb.jit(wb.value_and_grad(_layer, argnums=1))
+    for x in (xs[0], xs[0], xs[1], xs[0]):
+        X = wb.from_tensor(x, keys=("i",), name="X")
+        loss, gw = step(X, W, Y)
+        want = jax.grad(lambda w: jnp.sum((jnp.tanh(x @ w) - y) ** 2))(w)
+        np.testing.assert_allclose(gw.to_tensor(), want, rtol=1e-9)
 
 
 def _batch(rows, x, y, y_rows=None):

@@ -6,7 +6,7 @@ reused. ``Plan.to_text`` shows the plan before any rewrite; ``optimize`` is what
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.extend.core as jcore
@@ -351,7 +351,8 @@ def _trace_block_dot(fn, shapes, dtype: str):
 def outer_factors(kernel, shapes, dtype: str):
     """When ``kernel(*args)`` ends in an outer product of two vectors, ``outer(a, b)`` perhaps
     transposed (a dot_general with no contracted and no batch axes, as the weight side of a
-    matmul's VJP is): a function of the same arguments returning ``(a, b)``; else None. A sum over
+    matmul's VJP is): ``OuterFactors``, a function of the same arguments returning ``(a, b)``
+    and which arguments a and b are when unchanged; else None. A sum over
     tuples of such a kernel is one GEMM: sum_t outer(a_t, b_t) = A^T B, contracting the tuple
     axis. Decided from the traced program, never from names."""
     key = (kernel.key, kernel.arity, tuple(map(tuple, shapes)), dtype)
@@ -405,7 +406,18 @@ def _trace_outer_factors(fn, shapes, dtype: str):
     if any(not isinstance(v, jcore.Var) or len(v.aval.shape) != 1 or str(v.aval.dtype) != dtype
            for v in (a, b)) or str(out.aval.dtype) != dtype:
         return None
-    return jcore.jaxpr_as_fun(jcore.ClosedJaxpr(jaxpr.replace(outvars=[a, b]), closed.consts))
+    fn = jcore.jaxpr_as_fun(jcore.ClosedJaxpr(jaxpr.replace(outvars=[a, b]), closed.consts))
+    direct = [next((i for i, v in enumerate(jaxpr.invars) if v is f), None) for f in (a, b)]
+    return OuterFactors(fn, *direct)
+
+
+class OuterFactors(NamedTuple):
+    """``fn(*args) -> (a, b)``, the two vectors of a kernel's outer product; ``a_arg``/``b_arg``:
+    the argument that a (b) is, unchanged, or None when it is computed."""
+
+    fn: Callable
+    a_arg: int | None
+    b_arg: int | None
 
 
 def _block_spec(kernel, operands, by: dict, schema):

@@ -597,11 +597,12 @@ def _on_runner(jobs: list[tuple[str, Path, int]], partitions: tuple[int, ...], r
     args = [dict(model=m, path=str(p), width=w, system="runner", repeat=repeat, partitions=tuple(partitions),
                  cap_mb=cap_mb, total_mb=total_mb) for m, p, w in jobs]
     code = _RUNNER_WORKER.format(cpus=os.cpu_count(), jobs=args)
+    timeout = 1800.0 * len(jobs)  # half an hour per job
     try:
-        r = run_capped(code, cap_mb=cap_mb)
+        r = run_capped(code, cap_mb=cap_mb, timeout=timeout)
     except RuntimeError as exc:  # Ray failing to start on a loaded machine: once more, said aloud
         print(f"reproduce: the runner's process failed, running it again: {exc}", file=sys.stderr, flush=True)
-        r = run_capped(code, cap_mb=cap_mb)
+        r = run_capped(code, cap_mb=cap_mb, timeout=timeout)
     if "rows" not in r:  # the driver itself passed the cap (or the time limit)
         return [[dict(system="runner", partitions=P, oom=r["oom"], timeout=r.get("timeout", False),
                       over_machine=False, seconds=float("nan"), first=float("nan"), process_mb=round(r["peak_mb"], 1),
@@ -697,7 +698,7 @@ def scaling(out: Path, quick: bool, data: Path | None = None) -> Figure:
     if quick:
         scales, edge_factor, features, hidden, parts, repeat, cap = (10, 11), 8, 16, 32, (1, 2), 1, 3072
     else:
-        scales, edge_factor, features, hidden, parts, repeat = (16, 17, 18), 16, 128, 256, (1, 2, 4, 8), 2
+        scales, edge_factor, features, hidden, parts, repeat = (16, 17, 18, 19), 16, 128, 256, (1, 2, 4, 8), 2
         cap = SCALING_CAP_MB
     data = Path(data or DATA)
     paths = {s: data / f"rmat{s}_{edge_factor}_{features}_p{max(parts)}" for s in scales}
@@ -706,7 +707,10 @@ def scaling(out: Path, quick: bool, data: Path | None = None) -> Figure:
             graphs.rmat_dataset(path, scale, edge_factor, features, 16, partitions=max(parts), overwrite=True)
     found = {s: [_one_process("gcn", p, hidden, system, repeat, cap) for system in ("local", "jax")]
              for s, p in paths.items()}
-    for s, runs in zip(scales, _on_runner([("gcn", paths[s], hidden) for s in scales], parts, repeat, cap)):
+    # eight actors under a 2 GiB cap each: all processes together may use up to 18 GiB here
+    runs = _on_runner([("gcn", paths[s], hidden) for s in scales], parts, repeat, cap,
+                      total_mb=(11 if quick else 18) * 1024)
+    for s, runs in zip(scales, runs):
         found[s] += runs
     rows = [dict(scale=s, nodes=1 << s, edges=Dataset(paths[s] / "edge").rows, features=features, hidden=hidden,
                  cap_mb=cap, **{k: v for k, v in r.items() if k != "losses"},

@@ -533,10 +533,17 @@ def kge_width(out: Path, quick: bool) -> Figure:
     ax.set_ylabel("filtered MRR (test, head and tail)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
-    ax.set_title("Width helps: knowledge-graph embeddings trained relationally (1-N scoring)")
+    ax.set_title("Embedding size on real knowledge graphs, trained relationally (1-N scoring)")
     table = "\n".join(f"| {r['model']} | {r['dataset']} | {r['dim']} | {r['mrr']:.3f} | "
                        f"{r['hits_at_10']:.3f} | {r['epochs']} | {r['seconds']:.0f} |" for r in rows)
-    summary = f"""# Width helps, on real data
+    shape = []  # where each curve peaks, and where it ends
+    for data, model in plan:
+        mine = [r for r in rows if r["dataset"] == data and r["model"] == model]
+        best = max(mine, key=lambda r: r["mrr"])
+        shape.append(f"- {model} on {data}: {mine[0]['mrr']:.3f} at size {mine[0]['dim']}, best "
+                     f"{best['mrr']:.3f} at {best['dim']}, {mine[-1]['mrr']:.3f} at {mine[-1]['dim']}.")
+    shape = "\n".join(shape)
+    summary = f"""# Embedding size on real data
 
 **Paper.** On ogbn-products, the GCN's accuracy grows from 72.5% at hidden size 64 to 76.6% at
 1024, a model only the relational system could train. No real citation graph with features
@@ -546,12 +553,26 @@ the relational backward plan (1-N scoring with inverse relations, softmax cross-
 batch 256, up to {epochs} epochs with early stopping on validation MRR, {KGE_DTYPE}). TransE
 scores with the L1 norm, as pykeen's TransE does.
 
+{shape}
+
+On these small graphs (UMLS: 135 entities, Kinships: 104) a larger size helps up to a point
+and then hurts. Every size is trained alike (one learning rate, no regularization, one epoch
+budget), not tuned per size; whether the wider models overfit was not measured (the training
+set's MRR is not recorded). So this figure does not show the paper's "accuracy grows with
+width"; that claim is about ogbn-products, a graph large enough to use a 1024-wide model. What
+carries over is the memory side, shown by the `width` figure: the relational plan trains the
+wide models where the hand-written JAX programs run out of memory.
+
 | model | data | size | MRR | Hits@10 | epochs | seconds |
 |---|---|---|---|---|---|---|
 {table}
 
 References at their own sizes (pykeen, LCWA, measured on this machine kind): DistMult UMLS
 0.833, Kinships 0.608; TransE (L1) UMLS 0.745, Kinships 0.362.
+
+The rows took {sum(r['seconds'] for r in rows):.0f} s of training in all (wall-clock, on a machine
+shared with other work). Each row is journalled in `paper_kge_width.rows.jsonl` when trained, and
+a run trains only the rows missing there, so the run line below may count only some of them.
 """
     return _write(out, "kge_width", rows, summary, fig)
 

@@ -190,12 +190,14 @@ class Partition:
             _, slot, node_arg, specs = op
             metas.append(self._hold(slot, self._apply(args[node_arg], self._inputs(specs, args))))
         elif kind == "gather":
-            _, slot, check_arg, specs = op
+            _, slot, check_arg, specs, stored = op
             (piece,) = map(_as_piece, self._inputs(specs, args))
             if check_arg is not None:
                 check = args[check_arg]
                 check_unique(piece[0], int(piece[1].shape[0]), check, f"{check.kind} '{check.display_name}'")
             metas.append(self._hold(slot, piece))
+            if stored:  # a stored relation hashed anew: read as one table every step
+                self.stored.add(slot)
         elif kind == "final":
             _, slot, node_arg, mean, specs = op
             metas.append(self._hold(slot, self._final(args[node_arg], mean, _as_piece(self._inputs(specs, args)[0]))))

@@ -409,10 +409,13 @@ class ResidentRunner(RayRunner):
         self._batches[part.p].ops.append(("split", part.slot, tuple(cols), self.partitions))
         return self._flush(part.p, self.partitions)
 
-    def run_gather(self, p: int, check, pieces: list):
+    def run_gather(self, p: int, check, pieces: list, stored: bool = False):
+        """Concatenate ``pieces`` in partition p; ``stored``: a stored relation hashed anew, held
+        while the relation lives and read as one table every step (its CSR and cuts kept)."""
         specs, batch = self._specs(p, [pieces])
         h = self._slot(p)
-        return h, self._enqueue(p, ("gather", h.slot, None if check is None else batch.arg(check), specs))
+        return h, self._enqueue(p, ("gather", h.slot, None if check is None else batch.arg(check), specs,
+                                    stored))
 
     def run_partial(self, part: Held, stub, mean: bool) -> list:
         batch = self._batches[part.p]
@@ -511,7 +514,7 @@ class ResidentRunner(RayRunner):
         if isinstance(node, Scan) and not isinstance(node.table, PartitionedTable):
             def make():  # hashed on cols once, and held by the actors while the table lives
                 maps = self._hash_split(rel, cols)
-                return [[self.run_gather(p, None, maps[p])[0]] for p in range(self.partitions)]
+                return [[self.run_gather(p, None, maps[p], stored=True)[0]] for p in range(self.partitions)]
             return self.stored(node.table, cols, make)
         if (node, cols) not in ctx.shuffles:
             maps = self._hash_split(rel, cols)

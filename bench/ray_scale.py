@@ -8,8 +8,9 @@ float32 throughout.
 An epoch is ``models/gcn.py``'s: draw the two dropout masks, the relational forward plan and the
 backward plan the RJP rules derive (``wb.value_and_grad(gcn.loss_program(...))``, locally or with
 ``executor=wb.RayRunner(P)``, or ``--runner tasks``: the task-per-node runner), then Adam over W1
-and W2 on the driver. The local epoch is the interpreter's, the executor each partition runs. The graph is a SYNTHETIC
-stochastic block model with the size of the named data set (``graphs.synthetic_like``).
+and W2 on the driver. The local epoch is the interpreter's, the executor each partition runs.
+The graph is a SYNTHETIC stochastic block model with the size of the named data set
+(``graphs.synthetic_like``).
 
 Each configuration runs in a fresh process (so the driver's peak is its own): one warm-up epoch
 (kernel compilation in every process), then the median of ``--repeat`` epochs. Peak resident

@@ -729,9 +729,9 @@ def scaling(out: Path, quick: bool, data: Path | None = None) -> Figure:
     found = {s: [_one_process("gcn", p, hidden, system, repeat, cap) for system in ("local", "jax")]
              for s, p in paths.items()}
     # eight actors under a 2 GiB cap each: all processes together may use up to 18 GiB here
-    runs = _on_runner([("gcn", paths[s], hidden) for s in scales], parts, repeat, cap,
-                      total_mb=(11 if quick else 18) * 1024)
-    for s, runs in zip(scales, runs):
+    per_graph = _on_runner([("gcn", paths[s], hidden) for s in scales], parts, repeat, cap,
+                           total_mb=(11 if quick else 18) * 1024)
+    for s, runs in zip(scales, per_graph):
         found[s] += runs
     rows = [dict(scale=s, nodes=1 << s, edges=Dataset(paths[s] / "edge").rows, features=features, hidden=hidden,
                  cap_mb=cap, **{k: v for k, v in r.items() if k != "losses"},

@@ -297,20 +297,22 @@ class Partition:
         r: Y_q = M_q X, M_q the edges whose r hashes to q (cut once per edge table, so each cut
         keeps its CSR from step to step). Each Y_q is put in the object store as soon as it is
         made; the references are returned."""
-        edge, dense = (x if isinstance(x, Table) else Table(self._canon(x[0]), jnp.asarray(x[1]))
-                       for x in inputs)
-        key = (id(edge.keys), node.row_key, parts)
+        edge, dense = inputs
+        if not isinstance(dense, Table):
+            dense = Table(self._canon(dense[0]), jnp.asarray(dense[1]))
+        keys = edge.keys if isinstance(edge, Table) else self._canon(edge[0])
+        key = (id(keys), node.row_key, parts)
         held = self._cuts.get(key)
         if held is not None and held[0] is edge:  # a stored edge table, cut in an earlier step
             cut = held[1]
-        else:
-            order, bounds = self._route(edge.keys, (node.row_key,), edge.height, parts)
-            values = np.asarray(edge.values)
+        else:  # each cut's values go to JAX once, from the piece's (or stored table's) array
+            values = np.asarray(edge.values if isinstance(edge, Table) else edge[1])
+            order, bounds = self._route(keys, (node.row_key,), len(values), parts)
             cut = []
             for q in range(parts):
                 rows = order[bounds[q]:bounds[q + 1]]
-                cut.append(Table(edge.keys[rows], jnp.asarray(values[rows])))
-            if any(edge is t for t in self._slot_tables.values()):  # its values never change
+                cut.append(Table(keys[rows], jnp.asarray(values[rows])))
+            if isinstance(edge, Table):  # a stored table (read as one every step): never changes
                 self._cuts[key] = (edge, cut)
         refs = []
         for e in cut:

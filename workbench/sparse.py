@@ -227,12 +227,18 @@ def spmm(edge: Table, row_key: str, col_key: str, shape: tuple[int, int], dense:
     ``dense`` (one key). Only rows with an edge to a key of X (and a key of ``rows``) appear.
     With ``count``, returns (table, the number of edges matched: the logical join's rows)."""
     p = product(edge, row_key, col_key, shape, dense, out_key, rows)
+    table = product_table(p, dense.values)
+    return (table, p.matched) if count else table
+
+
+def product_table(p: Product, x: jax.Array) -> Table:
+    """The relation Y = M X from its key side ``p`` (``product``) and the values of X, so a
+    caller that keeps ``p`` from step to step recomputes values only."""
     x_at = None if p.x_at is None else jnp.asarray(p.x_at)
     keep = None if p.keep is None else jnp.asarray(p.keep)
-    values = _product_values_jit(p.data, p.indices, p.indptr, dense.values, x_at, keep,
+    values = _product_values_jit(p.data, p.indices, p.indptr, x, x_at, keep,
                                  shape=p.shape, n_out=p.out_keys.height, value_shape=p.value_shape)
-    table = Table(p.out_keys, values)
-    return (table, p.matched) if count else table
+    return Table(p.out_keys, values)
 
 
 def cached(edge: Table) -> dict:

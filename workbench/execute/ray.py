@@ -133,8 +133,10 @@ def _stub(node: Node) -> Node:
 
 
 def _strip(node: Node) -> Node:
-    """Without the references a task never reads (origin; the pack join a PairJoin replaced)."""
-    return replace(node, origin=None, **({"pairs": None} if isinstance(node, PairJoin) else {}))
+    """Without the references a task never reads: origin, the pack join a PairJoin replaced, the
+    joins a SpMM replaced (whole subplans, with the data of their scans)."""
+    extra = {"pairs": None} if isinstance(node, PairJoin) else {"replaces": ()} if isinstance(node, SpMM) else {}
+    return replace(node, origin=None, **extra)
 
 
 PARTITIONS_PER_CPU = 16  # beyond this, tasks on empty or tiny partitions cost more than they give

@@ -24,13 +24,21 @@ Key-side work once per run: every key frame that enters or leaves an operation i
 equal frame the actor already holds (``_canon``: same columns, height and content), and the plan
 node an operation runs reads stub scans chosen by the identity of those frames. The local
 executor caches a join's match under its input nodes, so a step whose key frames equal the last
-step's reuses every match (and a split reuses its routes): only values are recomputed. Entries
-not used in the last few runs are dropped.
+step's reuses every match (and a split reuses its routes, a sparse product its matrix and
+output keys, a sum of received pieces its group ids): only values are recomputed.
+
+Keys cross between actors once: a piece one actor sends another carries its key frame the first
+time and afterwards only a number (``SentKeys``); the receiver keeps the frames it was sent. A
+repeated shuffle thus moves values only. Entries not used in the last few runs are dropped, on
+both sides alike; a new ``generation`` (the driver's, after a lost actor or a failed run) drops
+them all, so keys are sent again.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import time
+from dataclasses import dataclass, replace
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +46,7 @@ import numpy as np
 import polars as pl
 import ray
 
+from workbench import sparse
 from workbench.errors import PlanError
 from workbench.execute.local import LocalContext, check_unique, group_ids, run_node
 from workbench.execute.partition import concat_pieces, destinations, empty_piece, piece_meta, table_piece
@@ -54,6 +63,16 @@ class MissingState(RuntimeError):
     driver reloads the partitions and runs the step again."""
 
 
+@dataclass(frozen=True)
+class SentKeys:
+    """The key frame of a piece one actor sends another: the frame itself (``keys``) the first
+    time, afterwards only its ``number``; the receiver looks it up by (sender, number)."""
+
+    sender: int
+    number: int
+    keys: pl.DataFrame | None = None
+
+
 class Partition:
     """One partition's state and operations (a plain class; ``PartitionActor`` runs it in Ray)."""
 
@@ -67,6 +86,15 @@ class Partition:
         self._stubs: dict[tuple, Scan] = {}  # (id(frame), schema, name) -> stub scan
         self._routes: dict[tuple, tuple] = {}  # (id(frame), cols, parts) -> (order, bounds)
         self._cuts: dict[tuple, tuple] = {}  # (id(frame), col, parts) -> (stored edge table, its cut by col's hash)
+        self._slices: dict[tuple, list] = {}  # (id(frame), cols, parts) -> the frame's rows per partition
+        # entries [objects the key holds the ids of, value, last run]: dropped when unused for KEEP_RUNS runs
+        self._sent: dict[tuple, list] = {}  # (id(frame), partition) -> [frame, number, run]
+        self._received: dict[tuple, list] = {}  # (sender, number) -> [frame, run]
+        self._concats: dict[tuple, list] = {}  # ids of key frames -> [frames, their concatenation, run]
+        self._groups: dict[tuple, list] = {}  # ids of key frames -> [frames, (group ids, keys, count), run]
+        self._products: dict[tuple, list] = {}  # (id(edge cut), id(dense keys)) -> [objects, Product, run]
+        self._numbers = itertools.count()
+        self.generation = 0
         self._empty = pl.DataFrame()
         self.run_id = 0
         self.params: dict[int, dict] = {}  # slot -> optimizer state of a held parameter
@@ -81,7 +109,11 @@ class Partition:
             return self._empty
         bucket = self._frames.setdefault((tuple(frame.columns), frame.height), [])
         for f in bucket:
-            if f is frame or f.equals(frame):
+            if f is frame:
+                self._used[id(f)] = self.run_id
+                return f
+        for f in bucket:
+            if f.equals(frame):
                 self._used[id(f)] = self.run_id
                 return f
         bucket.append(frame)
@@ -110,15 +142,71 @@ class Partition:
         self._stubs = {k: s for k, s in self._stubs.items() if k[0] not in ids}
         self._routes = {k: r for k, r in self._routes.items() if k[0] not in ids}
         self._cuts = {k: c for k, c in self._cuts.items() if k[0] not in ids}
+        self._slices = {k: c for k, c in self._slices.items() if k[0] not in ids}
         if dead:
             self.ctx.matches = {k: m for k, m in self.ctx.matches.items() if not _mentions(k, dead)}
 
-    def _begin(self, run_id: int) -> None:
+    def _begin(self, run_id: int, generation: int) -> None:
+        if generation != self.generation:  # the driver recovered: every actor sends keys anew
+            self.generation = generation
+            self._sent.clear()
+            self._received.clear()
         if run_id != self.run_id:
             self.run_id = run_id
             old = {i for i, r in self._used.items() if r < run_id - KEEP_RUNS}
             if old:
                 self._drop_frames(old)
+            for recent in (self._sent, self._received, self._concats, self._groups, self._products):
+                for k in [k for k, e in recent.items() if e[-1] < run_id - KEEP_RUNS]:
+                    del recent[k]
+
+    def _recent(self, cache: dict, objects: tuple, make, extra=()):
+        """``cache``'s value for ``objects`` (keyed by their identities, and ``extra``), made by
+        ``make()`` when absent; marked used in this run."""
+        key = (*map(id, objects), *extra)
+        entry = cache.get(key)
+        if entry is None or any(a is not b for a, b in zip(entry[0], objects)):
+            entry = cache[key] = [objects, make(), self.run_id]
+        entry[-1] = self.run_id
+        return entry[1]
+
+    # ---- keys between actors ---------------------------------------------------------------------
+    def _send(self, piece, q: int):
+        """``piece`` as sent to partition q: its keys as ``SentKeys``, the frame itself only the
+        first time this frame goes to q."""
+        keys = piece[0]
+        if not keys.width or not keys.height:
+            return piece
+        entry = self._sent.get((id(keys), q))
+        if entry is not None and entry[0] is keys:
+            entry[-1] = self.run_id
+            return (SentKeys(self.index, entry[1]), *piece[1:])
+        number = next(self._numbers)
+        self._sent[(id(keys), q)] = [keys, number, self.run_id]
+        return (SentKeys(self.index, number, keys), *piece[1:])
+
+    def _receive(self, piece):
+        """A piece another actor sent, with its key frame looked up (``_send``)."""
+        sent = piece[0]
+        if not isinstance(sent, SentKeys):
+            return piece
+        k = (sent.sender, sent.number)
+        if sent.keys is not None:
+            self._received[k] = [self._canon(sent.keys), self.run_id]
+        elif k not in self._received:
+            raise MissingState(f"partition {self.index}: the keys numbered {sent.number} that partition "
+                               f"{sent.sender} sent earlier are not held here (the worker restarted)")
+        entry = self._received[k]
+        entry[-1] = self.run_id
+        return (entry[0], *piece[1:])
+
+    def _concat(self, pieces: list):
+        """One piece from several; the concatenation of the same key frames is made once."""
+        if len(pieces) == 1 or not pieces[0][0].width:
+            return concat_pieces(pieces)
+        frames = tuple(p[0] for p in pieces)
+        keys = self._recent(self._concats, frames, lambda: self._canon(pl.concat(frames)))
+        return (keys, *(np.concatenate([p[i] for p in pieces]) for i in range(1, len(pieces[0]))))
 
     # ---- the operations ------------------------------------------------------------------------
     def _piece(self, slot: int):
@@ -150,20 +238,20 @@ class Partition:
                 out.append(self._slot_tables[slot])
                 continue
             pieces = self._pieces(group, args)
-            out.append(concat_pieces(pieces) if pieces else None)
+            out.append(self._concat(pieces) if pieces else None)
         return out
 
     def _pieces(self, group, args) -> list:
         """The pieces one input's specs name; a piece another actor put in the object store
         comes as its reference and is read from there (zero-copy for its arrays)."""
         pieces = [self._piece(v) if kind == "slot" else args[v] for kind, v in group]
-        return [ray.get(x) if isinstance(x, ray.ObjectRef) else x for x in pieces]
+        return [self._receive(ray.get(x) if isinstance(x, ray.ObjectRef) else x) for x in pieces]
 
-    def run(self, run_id: int, x64: bool, ops: list, args: tuple):
+    def run(self, run_id: int, generation: int, x64: bool, ops: list, args: tuple):
         """Run ``ops`` in order; returns (metas of the slots written, outputs of the last op)."""
         if jax.config.read("jax_enable_x64") != x64:
             jax.config.update("jax_enable_x64", x64)
-        self._begin(run_id)
+        self._begin(run_id, generation)
         metas, outputs = [], []
         for at, op in enumerate(ops):
             try:
@@ -249,15 +337,19 @@ class Partition:
         return table_piece(run_node(node, tables, self.ctx))
 
     def _split(self, piece, cols: tuple[str, ...], parts: int) -> list:
-        """``piece`` cut by the hash of ``cols``: its route (row order and bounds) is computed once
-        per key frame."""
+        """``piece`` cut by the hash of ``cols``, piece q to be sent to partition q: its route (row
+        order and bounds) and the keys of each cut are computed once per key frame."""
         keys = self._canon(piece[0])
         order, bounds = self._route(keys, cols, int(piece[1].shape[0]), parts)
-        out = []
-        for p in range(parts):
-            rows = order[bounds[p]:bounds[p + 1]]
-            out.append((keys[rows] if keys.width else keys, *(np.asarray(a)[rows] for a in piece[1:])))
-        return out
+        if keys.width:
+            sliced = self._slices.get((id(keys), cols, parts))
+            if sliced is None:
+                sliced = self._slices[(id(keys), cols, parts)] = [
+                    keys[order[bounds[q]:bounds[q + 1]]] for q in range(parts)]
+        else:
+            sliced = [keys] * parts
+        return [self._send((sliced[q], *(np.asarray(a)[order[bounds[q]:bounds[q + 1]]] for a in piece[1:])), q)
+                for q in range(parts)]
 
     def _partial(self, node: Node, mean: bool, piece, parts: int) -> list:
         node, (t,) = self._tables(node, [piece])
@@ -303,7 +395,8 @@ class Partition:
         keys = edge.keys if isinstance(edge, Table) else self._canon(edge[0])
         key = (id(keys), node.row_key, parts)
         held = self._cuts.get(key)
-        if held is not None and held[0] is edge:  # a stored edge table, cut in an earlier step
+        held_cut = isinstance(edge, Table)  # a stored edge table: its cuts never change
+        if held is not None and held[0] is edge:  # cut in an earlier step
             cut = held[1]
         else:  # each cut's values go to JAX once, from the piece's (or stored table's) array
             values = np.asarray(edge.values if isinstance(edge, Table) else edge[1])
@@ -312,12 +405,21 @@ class Partition:
             for q in range(parts):
                 rows = order[bounds[q]:bounds[q + 1]]
                 cut.append(Table(keys[rows], jnp.asarray(values[rows])))
-            if isinstance(edge, Table):  # a stored table (read as one every step): never changes
+            if held_cut:
                 self._cuts[key] = (edge, cut)
         refs = []
-        for e in cut:
-            piece = empty_piece(node.schema) if not e.height else table_piece(run_node(node, [e, dense], self.ctx))
-            refs.append(ray.put(piece))
+        for q, e in enumerate(cut):
+            if not e.height:
+                piece = empty_piece(node.schema)
+            else:  # the key side of M_q X (matrix, lookups, output keys): once per dense key frame for a stored cut
+                def make(e=e):
+                    return sparse.product(e, node.row_key, node.col_key, node.shape, dense, node.out_key)
+                p = self._recent(self._products, (e, dense.keys), make, (node.row_key, node.col_key, node.shape,
+                                 node.out_key)) if held_cut else make()
+                if p.value_shape != dense.values.shape[1:]:  # the same keys, values of another shape
+                    p = replace(p, value_shape=tuple(dense.values.shape[1:]))
+                piece = table_piece(sparse.product_table(p, dense.values))
+            refs.append(ray.put(self._send(piece, q)))
         return refs
 
     def _sums(self, node: Node, pieces: list, keep):
@@ -329,8 +431,9 @@ class Partition:
         if not pieces:
             keys, values = empty_piece(node.schema)
         else:
-            ids, keys, g = group_ids(pl.concat([p[0].select(node.by) for p in pieces]), node.by,
-                                     node.schema.extents)
+            frames = tuple(p[0] for p in pieces)
+            ids, keys, g = self._recent(self._groups, frames, lambda: group_ids(
+                pl.concat([f.select(node.by) for f in frames]), node.by, node.schema.extents), node.by)
             values = np.zeros((g, *node.schema.value_shape), node.schema.dtype)
             at = 0
             for p in pieces:
@@ -421,6 +524,6 @@ class PartitionActor:
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    def run(self, run_id: int, x64: bool, ops: list, *args):
-        metas, outputs = self.part.run(run_id, x64, ops, args)
+    def run(self, run_id: int, generation: int, x64: bool, ops: list, *args):
+        metas, outputs = self.part.run(run_id, generation, x64, ops, args)
         return (metas, *outputs) if outputs else metas

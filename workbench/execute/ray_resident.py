@@ -24,8 +24,9 @@ so its results are those of an undisturbed run. Partitioned parameters that ``up
 live only in the actors: a fault then is an error naming them (gather them now and then, e.g.
 ``storage.write_relation(U.table(), ...)``, to restart from there).
 
-Shuffles still send each piece's keys with its values (each actor computes a route once per key
-frame, but the receiver is sent the keys again every step).
+Shuffles send a piece's keys once: later steps send its values and a number the receiver
+looks the keys up by (``ray_actor.SentKeys``). After a lost actor or a failed run the driver
+starts a new ``generation``, and every actor sends its keys again.
 
     with ResidentRunner(partitions=4) as runner:        # or wb.RayRunner
         loss, grads = wb.value_and_grad(f, argnums=(1, 2), executor=runner)(*rels)
@@ -175,6 +176,7 @@ class ResidentRunner(RayRunner):
         self._lease: _Lease | None = None
         self._resident: dict = {}  # id(table) of parameters changed by update -> their names
         self.restarts = 0  # runs run again after a lost actor
+        self.generation = 0  # new after a lost actor or a failed run: keys are sent again
         self._pending: list = []  # the calls of the current run, waited for at its end
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -244,6 +246,7 @@ class ResidentRunner(RayRunner):
                 ray.get(self._pending)  # a lost actor shows here, inside the run
                 return tables
             except FAULTS as exc:
+                self.generation += 1
                 self._raise_plan_errors()
                 if attempt >= self.retries:
                     raise RuntimeError(
@@ -256,6 +259,9 @@ class ResidentRunner(RayRunner):
                 ctx.shuffles.clear()
                 if ctx.stats is not None:
                     ctx.stats.clear()
+            except Exception:  # a piece sent in this run may not have been received
+                self.generation += 1
+                raise
             finally:
                 self._lease = None
 
@@ -351,7 +357,7 @@ class ResidentRunner(RayRunner):
             batch.metas = ray.put([])
             return []
         out = self._actors[p].run.options(num_returns=1 + n_out).remote(
-            self._run_id, self._x64, batch.ops, *batch.args)
+            self._run_id, self.generation, self._x64, batch.ops, *batch.args)
         if n_out:
             batch.metas, outs = out[0], list(out[1:])
         else:

@@ -64,9 +64,12 @@ class _Sampler(threading.Thread):
         self.stop = threading.Event()
 
     def run(self):
+        workers, listed = [], 0.0
         while not self.stop.wait(0.02):
+            if time.monotonic() - listed > 1.0:  # listing /proc costs more than sampling: once a second
+                workers, listed = _ray_workers(), time.monotonic()
             self.driver = max(self.driver, _anon("self"))
-            self.worker = max([self.worker, *(_anon(p) for p in _ray_workers())])
+            self.worker = max([self.worker, *(_anon(p) for p in workers)])
 
 
 def _ray_workers() -> list[int]:
@@ -101,7 +104,6 @@ def one(graph_name: str, hidden: int, partitions: int, repeat: int, dropout: flo
     opt = Adam(lr=0.01)
     state = opt.init((W1, W2))
     rng = np.random.default_rng(1)
-    shape2 = gcn.mask_template(graph.n_nodes, hidden, "float32")
 
     def epochs(runner):
         nonlocal W1, W2, state
@@ -117,7 +119,8 @@ def one(graph_name: str, hidden: int, partitions: int, repeat: int, dropout: flo
             start = time.perf_counter()
             masks = ()
             if dropout:
-                masks = (gcn.dropout_mask(rels.node, dropout, rng, "M1"), gcn.dropout_mask(shape2, dropout, rng, "M2"))
+                masks = (gcn.dropout_mask(rels.node, dropout, rng, "M1"),
+                         gcn.dropout_mask(rels.node, dropout, rng, "M2", width=hidden))
             loss, grads = step(rels.node, W1, W2, *masks)
             (W1, W2), state = opt.update((W1, W2), grads, state)
             W1.table().values.block_until_ready()

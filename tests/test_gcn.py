@@ -4,11 +4,13 @@ the karate club and a stochastic block model."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import polars as pl
 import pytest
 
 import workbench as wb
 from workbench.check import against_jax
 from workbench.datasets import graphs as G
+from workbench.masks import dropout_values
 from workbench.models import gcn
 
 
@@ -74,7 +76,7 @@ def test_logits_equal_the_twin(karate):
 
 def test_training_replayed_by_the_twin(karate):
     """Three epochs of ``train`` (relational gradients, workbench's Adam) against the same epochs
-    in dense JAX: the dropout masks come from the same generator, Adam is written out here."""
+    in dense JAX: the dropout masks come from the same seeds, Adam is written out here."""
     hidden, lr, p, wd, seed = 8, 0.05, 0.5, 5e-4, 7
     h = gcn.train(karate, hidden=hidden, epochs=3, lr=lr, dropout=p, weight_decay=wd, seed=seed,
                   dtype="float64")
@@ -84,8 +86,9 @@ def test_training_replayed_by_the_twin(karate):
     rng = np.random.default_rng(seed + 1)
     dg, x = gcn.dense_graph(karate, "float64"), jnp.asarray(karate.features, jnp.float64)
     for t in range(1, 4):
-        m1 = (rng.random((34, 34), dtype=np.float32) >= p) / (1 - p)
-        m2 = (rng.random((34, hidden), dtype=np.float32) >= p) / (1 - p)
+        ids = pl.DataFrame({"id": np.arange(34)})  # the masks are drawn from (seed, id)
+        m1 = dropout_values(ids, int(rng.integers(2**63)), p, (34,), "float64")
+        m2 = dropout_values(ids, int(rng.integers(2**63)), p, (hidden,), "float64")
         loss, grads = jax.value_and_grad(gcn.dense_loss, argnums=(1, 2))(x, *w, dg, m1, m2, wd)
         np.testing.assert_allclose(h.loss[t - 1], loss, rtol=1e-9)
         for i, g in enumerate(grads):  # Adam with bias correction
@@ -125,6 +128,33 @@ def test_dropout_masks(karate):
     assert gcn.dropout_mask(rels.node, 0.0, np.random.default_rng(0)) is None
     with pytest.raises(ValueError, match="drop probability"):
         gcn.dropout_mask(rels.node, 1.0, np.random.default_rng(0))
+
+
+def test_dropout_mask_is_a_function_of_seed_and_keys():
+    """A partition's share of a mask, drawn from its own keys, equals the mask drawn whole; the
+    seed changes it; entries are kept with probability 1 - p, rows and columns alike."""
+    keys = pl.DataFrame({"src": np.arange(20_000) % 97, "dst": np.arange(20_000) * 7 + 2**40})
+    whole = np.asarray(dropout_values(keys, 11, 0.3, (8, 4), "float64"))
+    assert whole.shape == (20_000, 8, 4)
+    rows = np.random.default_rng(0).permutation(20_000)[:5000]
+    np.testing.assert_array_equal(np.asarray(dropout_values(keys[rows], 11, 0.3, (8, 4), "float64")),
+                                  whole[rows])
+    assert not np.array_equal(np.asarray(dropout_values(keys, 12, 0.3, (8, 4), "float64")), whole)
+    kept = whole.reshape(20_000, 32) != 0
+    assert set(np.unique(whole).tolist()) == {0.0, 1 / 0.7}
+    assert abs(kept.mean() - 0.7) < 0.005
+    assert np.abs(kept.mean(axis=0) - 0.7).max() < 0.02  # every entry position alike
+    c = np.corrcoef(kept[:, 0], kept[:, 1])[0, 1]  # neighbouring entries independent
+    r = np.corrcoef(kept[:-1].ravel(), kept[1:].ravel())[0, 1]  # neighbouring tuples independent
+    assert abs(c) < 0.03 and abs(r) < 0.03
+
+
+def test_dropout_mask_width_and_seed(karate):
+    rels = G.to_relations(karate, dtype="float64")
+    m = gcn.dropout_mask(rels.node, 0.5, 5, "M2", width=6)
+    assert m.schema.value_shape == (6,) and m.keys == rels.node.keys
+    again = gcn.dropout_mask(rels.node, 0.5, 5, "M2", width=6).to_tensor()
+    np.testing.assert_array_equal(m.to_tensor(), again)
 
 
 def test_init_params_glorot():

@@ -143,6 +143,25 @@ def test_gcn_with_dropout_masks_built_in_memory(runner):
                              (rels.node, W1, W2), (0, 1, 2))
 
 
+def test_dropout_masks_are_drawn_by_the_actors(runner):
+    """Masks given as arguments (``masked_loss_program``) are drawn by each actor over the node
+    keys it holds: the driver never draws them, and the step equals the local one."""
+    graph = graphs.karate_club()
+    rels = graphs.to_relations(graph, dtype="float64")
+    W1, W2 = gcn.init_params(graph.n_features, 8, graph.n_classes, seed=0, dtype="float64")
+    program = gcn.masked_loss_program(rels, 5e-4)
+    for seed in (3, 4):
+        m1 = gcn.dropout_mask(rels.node, 0.5, seed, "M1")
+        m2 = gcn.dropout_mask(rels.node, 0.5, seed + 10, "M2", width=8)
+        loss, grads = wb.value_and_grad(program, argnums=(1, 2), executor=runner)(rels.node, W1, W2, m1, m2)
+        loss, grads = float(loss.to_tensor()), [g.to_tensor() for g in grads]
+        assert m1.node.table._table is None and m2.node.table._table is None  # not drawn on the driver
+        want_loss, want = wb.value_and_grad(program, argnums=(1, 2))(rels.node, W1, W2, m1, m2)
+        np.testing.assert_allclose(loss, float(want_loss.to_tensor()), rtol=1e-9)
+        for g, w in zip(grads, want):
+            np.testing.assert_allclose(g, w.to_tensor(), rtol=1e-9, atol=1e-12)
+
+
 def _factorization(rng, n=13, m=11, rank=3, density=0.5):
     """NNMF's loss at the observed entries: sum over (i, j) of (<U_i, V_j> - x_ij)^2."""
     mask = rng.uniform(size=(n, m)) < density

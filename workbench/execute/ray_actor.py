@@ -7,6 +7,7 @@ Operations (``run``'s ``ops``), each naming slots by the driver's numbers:
     load     read partition p of a dataset from its Parquet shards (the actor reads; nothing
              crosses the driver)
     put      hold a piece the driver sent (a relation built in memory)
+    mask     draw a dropout mask over the keys of a held slot (``workbench.masks``)
     apply    the local executor's function for one plan node over held slots and received pieces
     gather   concatenate received pieces (a shuffle's reduce side), optionally checking keys unique
     final    sum partial sums (and counts, for a mean) received from every partition
@@ -50,11 +51,12 @@ from workbench import sparse
 from workbench.errors import PlanError
 from workbench.execute.local import LocalContext, check_unique, group_ids, run_node
 from workbench.execute.partition import concat_pieces, destinations, empty_piece, piece_meta, table_piece
+from workbench.masks import dropout_values
 from workbench.plan import Node, Scan
 from workbench.storage import Dataset
 from workbench.table import Table
 
-WRITES = ("load", "put", "apply", "gather", "final", "sums", "update")  # operations that write a slot
+WRITES = ("load", "put", "mask", "apply", "gather", "final", "sums", "update")  # operations that write a slot
 KEEP_RUNS = 4  # cached key frames, matches and routes unused for this many runs are dropped
 
 
@@ -274,6 +276,10 @@ class Partition:
             _, slot, arg = op
             metas.append(self._hold(slot, args[arg]))
             self.stored.add(slot)
+        elif kind == "mask":
+            _, slot, like_slot, (seed, p, value_shape, dtype) = op
+            keys = self._piece(like_slot)[0]
+            metas.append(self._hold(slot, (keys, np.asarray(dropout_values(keys, seed, p, value_shape, dtype)))))
         elif kind == "apply":
             _, slot, node_arg, specs = op
             metas.append(self._hold(slot, self._apply(args[node_arg], self._inputs(specs, args))))

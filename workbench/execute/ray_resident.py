@@ -6,7 +6,8 @@ placement, shuffles, broadcasts and partial sums, the local executor's function 
 where each node there is a task whose inputs and output pass through the object store, here:
 
     scan       a dataset (``wb.from_dataset``) is read by each actor from its own Parquet shards;
-               the driver reads nothing. A relation built in memory is split on the driver and
+               the driver reads nothing; a dropout mask (``workbench.masks``) is drawn by each
+               actor for the keys it holds. A relation built in memory is split on the driver and
                sent once per runner while it lives. A scan hashed on other columns than the
                dataset's is read again by the actors, filtered on the new hash, not shuffled.
     per node   an operation queued for the actor of each partition; the queue goes out as one
@@ -52,6 +53,7 @@ from workbench import passes
 from workbench.execute.partition import concat_pieces, piece_table
 from workbench.execute.ray import RULES, MetaAt, Partitioned, RayContext, RayRunner
 from workbench.execute.ray_actor import MissingState, PartitionActor
+from workbench.masks import MaskTable
 from workbench.plan import Node, Scan
 from workbench.progress import progress_bar
 from workbench.storage import StoredTable
@@ -468,11 +470,23 @@ class ResidentRunner(RayRunner):
         table = node.table
         if isinstance(table, PartitionedTable) and table.runner is self:  # a result or an updated parameter
             return replace(table.rel, schema=node.schema)
+        if isinstance(table, MaskTable):  # drawn by each actor for the keys of its partition of like
+            return replace(self.stored(table, None, lambda: self._mask(node, table)), schema=node.schema)
         if not isinstance(table, StoredTable):
             return super().scan(node)
         meta = table.dataset.meta
         by = meta.hash_by if meta.keys else ()
         return replace(self.stored(table, None, lambda: self._load(node, table, by)), schema=node.schema)
+
+    def _mask(self, node: Scan, table: MaskTable) -> Partitioned:
+        """A dropout mask drawn by each actor over the keys of its partition of ``table.like``."""
+        like = self.scan(table.like)
+        parts, metas = [], []
+        for p in range(self.partitions):
+            h = self._slot(p)
+            metas.append(self._enqueue(p, ("mask", h.slot, like.parts[p].slot, table.spec)))
+            parts.append(h)
+        return Partitioned(node.schema, like.by, parts, metas)
 
     def _load(self, node: Scan, table: StoredTable, cols: tuple[str, ...]) -> Partitioned:
         """Each actor reads its partition of a dataset, hashed on ``cols``."""

@@ -32,8 +32,10 @@ from jax.experimental import sparse as jsparse
 
 from workbench.datasets.graphs import (Graph, GraphRelations, karate_club, normalized_edges,
                                        to_relations)
+from workbench.masks import MaskTable
 from workbench.ops import join, select
 from workbench.optim import Adam
+from workbench.plan import Scan
 from workbench.programs import propagate, softmax_cross_entropy
 from workbench.relation import Relation, default_dtype, from_tensor
 from workbench.api import jit, value_and_grad
@@ -70,15 +72,23 @@ def init_params(n_features: int, hidden: int, n_classes: int, seed: int = 0,
             from_tensor(glorot(hidden, n_classes), dtype=dtype, name="W2"))
 
 
-def dropout_mask(like: Relation, p: float, rng: np.random.Generator, name: str = "M") -> Relation | None:
+def dropout_mask(like: Relation, p: float, rng: np.random.Generator | int, name: str = "M",
+                 width: int | None = None) -> Relation | None:
     """M(id) -> 0 with probability p, else 1/(1-p), per entry (inverted dropout: E[x ∘ M] = x),
-    with the keys and value shape of ``like``. None when p == 0."""
+    with the keys of ``like`` and its value shape (or vectors of ``width``). None when p == 0.
+
+    The entries are a function of a seed (drawn from ``rng``, or ``rng`` itself when an int)
+    and each tuple's keys (``workbench.masks``): a partitioned runner draws each partition where
+    it lives, and the mask equals the one drawn whole."""
     if not 0 <= p < 1:
         raise ValueError(f"dropout_mask '{name}': the drop probability must be in [0, 1), got {p}")
     if p == 0:
         return None
-    keep = rng.random(like.table().values.shape, dtype=np.float32) >= p
-    return like.with_values(keep.astype(like.dtype) / (1.0 - p), name=name)
+    seed = int(rng.integers(2**63)) if isinstance(rng, np.random.Generator) else int(rng)
+    shape = like.value_shape if width is None else (int(width),)
+    scan = like.node if isinstance(like.node, Scan) else Scan(like.schema, like.table(), name=like.name)
+    schema = dataclasses.replace(like.schema, value_shape=shape)
+    return Relation(Scan(schema, MaskTable(scan, seed, p, shape, like.dtype), name=name))
 
 
 def mask_template(n_nodes: int, width: int, dtype=None, name: str = "M") -> Relation:
@@ -284,14 +294,14 @@ def train(graph: Graph, hidden: int = 16, epochs: int = 200, lr: float = 0.01, d
     opt = Adam(lr=lr)
     state = opt.init((W1, W2))
     rng = np.random.default_rng(seed + 1)
-    hidden_shape = mask_template(graph.n_nodes, hidden, dtype)
     history = History(graph.name)
     bar = progress_bar(epochs, f"GCN {graph.name}", progress)
     for epoch in range(epochs):
         start = time.perf_counter()
         masks = ()
         if dropout:
-            masks = (dropout_mask(rels.node, dropout, rng, "M1"), dropout_mask(hidden_shape, dropout, rng, "M2"))
+            masks = (dropout_mask(rels.node, dropout, rng, "M1"),
+                     dropout_mask(rels.node, dropout, rng, "M2", width=hidden))
         loss, (g1, g2) = step(rels.node, W1, W2, *masks)
         (W1, W2), state = opt.update((W1, W2), (g1, g2), state)
         W2.table().values.block_until_ready()

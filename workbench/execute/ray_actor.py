@@ -16,7 +16,7 @@ Operations (``run``'s ``ops``), each naming slots by the driver's numbers:
     product  a sparse product's partial sums, one piece per partition of its output key, each
              made from the edges whose row lands there and put in the object store as it is made
              (the call's outputs are their references), so one piece is held at a time
-    sums     sum the pieces of partial sums received from every partition, one piece at a time
+    sums     sum the pieces of partial sums received from every partition (one gather-add pass)
     export   a held slot as a piece: the call's output (a broadcast, or a gathered result)
     update   an optimizer step of a held parameter partition with its gradient, in place
     free     drop slots
@@ -32,10 +32,13 @@ Keys cross between actors once: a piece one actor sends another carries its key 
 time and afterwards only a number (``SentKeys``); the receiver keeps the frames it was sent. A
 repeated shuffle thus moves values only. Entries not used in the last few runs are dropped, on
 both sides alike; a new ``generation`` (the driver's, after a lost actor or a failed run) drops
-them all, so keys are sent again.
+them all, so keys are sent again. A piece an actor sends itself stays in its memory (``Stashed``).
+Values an operation computes stay JAX arrays in the slots, so the next operation reads them
+without a copy; they become numpy only to leave the actor.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import time
@@ -66,6 +69,14 @@ class MissingState(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Stashed:
+    """A piece an actor sends itself: kept in its memory (``_stash``) until read, not copied
+    through the object store."""
+
+    number: int
+
+
+@dataclass(frozen=True)
 class SentKeys:
     """The key frame of a piece one actor sends another: the frame itself (``keys``) the first
     time, afterwards only its ``number``; the receiver looks it up by (sender, number)."""
@@ -93,9 +104,10 @@ class Partition:
         self._sent: dict[tuple, list] = {}  # (id(frame), partition) -> [frame, number, run]
         self._received: dict[tuple, list] = {}  # (sender, number) -> [frame, run]
         self._concats: dict[tuple, list] = {}  # ids of key frames -> [frames, their concatenation, run]
-        self._groups: dict[tuple, list] = {}  # ids of key frames -> [frames, (group ids, keys, count), run]
+        self._groups: dict[tuple, list] = {}  # ids of key frames -> [frames, a sum's plan (or a semi-join's rows), run]
         self._products: dict[tuple, list] = {}  # (id(edge cut), id(dense keys)) -> [objects, Product, run]
         self._numbers = itertools.count()
+        self._stash: dict[int, tuple] = {}  # number -> a piece this actor sent itself, until read
         self.generation = 0
         self._empty = pl.DataFrame()
         self.run_id = 0
@@ -155,6 +167,7 @@ class Partition:
             self._received.clear()
         if run_id != self.run_id:
             self.run_id = run_id
+            self._stash.clear()  # pieces of an earlier run that nothing read (it failed)
             old = {i for i, r in self._used.items() if r < run_id - KEEP_RUNS}
             if old:
                 self._drop_frames(old)
@@ -175,7 +188,11 @@ class Partition:
     # ---- keys between actors ---------------------------------------------------------------------
     def _send(self, piece, q: int):
         """``piece`` as sent to partition q: its keys as ``SentKeys``, the frame itself only the
-        first time this frame goes to q."""
+        first time this frame goes to q; to this partition itself, ``Stashed``."""
+        if q == self.index:
+            number = next(self._numbers)
+            self._stash[number] = piece
+            return Stashed(number)
         keys = piece[0]
         if not keys.width or not keys.height:
             return piece
@@ -189,6 +206,8 @@ class Partition:
 
     def _receive(self, piece):
         """A piece another actor sent, with its key frame looked up (``_send``)."""
+        if isinstance(piece, Stashed):
+            return self._unstash(piece)
         sent = piece[0]
         if not isinstance(sent, SentKeys):
             return piece
@@ -248,6 +267,13 @@ class Partition:
         comes as its reference and is read from there (zero-copy for its arrays)."""
         pieces = [self._piece(v) if kind == "slot" else args[v] for kind, v in group]
         return [self._receive(ray.get(x) if isinstance(x, ray.ObjectRef) else x) for x in pieces]
+
+    def _unstash(self, x: Stashed):
+        try:
+            return self._stash.pop(x.number)
+        except KeyError:
+            raise MissingState(f"partition {self.index}: the piece it sent itself (number {x.number}) is not "
+                               f"held here (the worker restarted)") from None
 
     def run(self, run_id: int, generation: int, x64: bool, ops: list, args: tuple):
         """Run ``ops`` in order; returns (metas of the slots written, outputs of the last op)."""
@@ -309,7 +335,8 @@ class Partition:
             _, slot, node_arg, mean, parts = op
             outputs.extend(self._partial(args[node_arg], mean, self._piece(slot), parts))
         elif kind == "export":
-            outputs.append(self._piece(op[1]))
+            piece = self._piece(op[1])
+            outputs.append((piece[0], *(np.asarray(a) for a in piece[1:])))
         elif kind == "update":
             _, slot, param_slot, grad_slot, rule, hyper, step = op
             metas.append(self._update(slot, param_slot, grad_slot, rule, hyper, step))
@@ -339,8 +366,10 @@ class Partition:
         return node.with_inputs(stubs), tables
 
     def _apply(self, node: Node, pieces):
+        """The node's local function; its values stay in JAX for the operations that read them."""
         node, tables = self._tables(node, pieces)
-        return table_piece(run_node(node, tables, self.ctx))
+        t = run_node(node, tables, self.ctx)
+        return t.keys, t.values
 
     def _split(self, piece, cols: tuple[str, ...], parts: int) -> list:
         """``piece`` cut by the hash of ``cols``, piece q to be sent to partition q: its route (row
@@ -425,32 +454,36 @@ class Partition:
                 if p.value_shape != dense.values.shape[1:]:  # the same keys, values of another shape
                     p = replace(p, value_shape=tuple(dense.values.shape[1:]))
                 piece = table_piece(sparse.product_table(p, dense.values))
-            refs.append(ray.put(self._send(piece, q)))
+            sent = self._send(piece, q)
+            refs.append(sent if isinstance(sent, Stashed) else ray.put(sent))
         return refs
 
     def _sums(self, node: Node, pieces: list, keep):
-        """The sums by ``node.by`` of partial sums received as ``pieces``, added one piece at a
-        time into the groups (no concatenation of their values); with ``keep``, only the groups
-        whose keys ``keep`` holds (a semi-join on the keys). Within a piece the group keys are
-        distinct (each is a partial sum by those keys), so a piece adds with one indexed add."""
+        """The sums by ``node.by`` of partial sums received as ``pieces``; with ``keep``, only the
+        groups whose keys ``keep`` holds (a semi-join on the keys). Within a piece the group keys
+        are distinct (each is a partial sum by those keys): the largest piece's rows are the first
+        groups, in its order, and every other piece is gathered per group (a zero row where it
+        has none), so the sum is one pass. The group plan is made once per set of key frames; the
+        sum stays in JAX for the operation that reads it."""
         pieces = [p for p in pieces if p[1].shape[0]]
         if not pieces:
             keys, values = empty_piece(node.schema)
         else:
+            base = max(range(len(pieces)), key=lambda i: pieces[i][1].shape[0])
+            pieces = [pieces[base], *pieces[:base], *pieces[base + 1:]]
             frames = tuple(p[0] for p in pieces)
-            ids, keys, g = self._recent(self._groups, frames, lambda: group_ids(
-                pl.concat([f.select(node.by) for f in frames]), node.by, node.schema.extents), node.by)
-            values = np.zeros((g, *node.schema.value_shape), node.schema.dtype)
-            at = 0
-            for p in pieces:
-                n = p[1].shape[0]
-                values[ids[at:at + n]] += p[1]
-                at += n
+            keys, g, at = self._recent(self._groups, frames, lambda: _sum_plan(frames, node.by, node.schema.extents),
+                                       node.by)
+            values = _add_pieces(tuple(jnp.asarray(p[1]) for p in pieces), at, g)
         if keep is not None:
             kk = keep.keys if isinstance(keep, Table) else keep[0]
-            wanted = kk.rename(dict(zip(kk.columns, node.by))).select(node.by)
-            rows = keys.with_row_index("_row").join(wanted, on=list(node.by), how="semi")["_row"].to_numpy()
-            keys, values = keys[rows], values[rows]
+
+            def semi():
+                wanted = kk.rename(dict(zip(kk.columns, node.by))).select(node.by)
+                rows = keys.with_row_index("_row").join(wanted, on=list(node.by), how="semi")["_row"].to_numpy()
+                return self._canon(keys[rows]), jnp.asarray(rows)
+            keys, rows = self._recent(self._groups, (keys, kk), semi, ("keep",))
+            values = values[rows]
         return keys, values
 
     def _update(self, slot: int, param_slot: int, grad_slot: int, rule: str, hyper: dict, step: int):
@@ -486,6 +519,38 @@ class Partition:
             p = np.maximum(p, 0.0)  # projected gradient: back onto p >= 0
         self.slots[slot] = (keys, np.asarray(p, dtype=dtype))
         return piece_meta(self.slots[slot])
+
+
+def _sum_plan(frames: tuple, by: tuple[str, ...], extents: tuple[int, ...]):
+    """How ``_sums`` adds pieces with key frames ``frames``: the groups' keys (the first frame's
+    rows first, in order), their count, and per later piece the row it gives each group (its
+    height where it gives none: a zero row)."""
+    ids, keys, g = group_ids(pl.concat([f.select(by) for f in frames]), by, extents)
+    n0 = frames[0].height
+    rank = np.full(g, -1, np.int64)  # old group -> new group
+    rank[ids[:n0]] = np.arange(n0)
+    rest = np.flatnonzero(rank < 0)
+    rank[rest] = np.arange(n0, g)
+    order = np.empty(g, np.int64)
+    order[rank] = np.arange(g)
+    ids, at, start = rank[ids], [], n0
+    for f in frames[1:]:
+        n = f.height
+        rows = np.full(g, n, np.int32 if n < 2**31 else np.int64)
+        rows[ids[start:start + n]] = np.arange(n)
+        at.append(jnp.asarray(rows))
+        start += n
+    return keys[order], g, tuple(at)
+
+
+@functools.partial(jax.jit, static_argnames=("g",))
+def _add_pieces(pieces: tuple, at: tuple, g: int):
+    """sum_i pieces_i[at_i] over g groups: the first piece is groups 0..n0-1, zeros after."""
+    first = pieces[0]
+    y = jnp.concatenate([first, jnp.zeros((g - first.shape[0], *first.shape[1:]), first.dtype)])
+    for x, rows in zip(pieces[1:], at):
+        y = y + jnp.take(x, rows, axis=0, mode="fill", fill_value=0)
+    return y
 
 
 def _as_piece(x):

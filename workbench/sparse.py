@@ -18,6 +18,7 @@ keeps the result in JAX (no copy back from numpy).
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass, replace
 
@@ -44,7 +45,6 @@ class CSR:
     indices: jax.Array
     indptr: jax.Array  # over the rows in ``nonempty``
     nonempty: np.ndarray  # the rows with at least one entry, ascending
-    rows: np.ndarray  # row of each stored entry, CSR order
     has_entries: np.ndarray  # bool per row: at least one edge
     finite: bool  # every weight finite (so 0 * w == 0 for a missing column)
     row_ids: np.ndarray | None = None  # the key of each row, ascending; None: the row itself
@@ -53,6 +53,11 @@ class CSR:
     @property
     def shape(self) -> tuple[int, int]:
         return self.matrix.shape
+
+    @functools.cached_property
+    def rows(self) -> np.ndarray:
+        """The row of each stored entry, in CSR order (made when first asked)."""
+        return np.repeat(np.arange(self.matrix.shape[0]), np.diff(self.matrix.indptr))
 
 
 _CACHE: dict[int, dict] = {}  # id(edge table) -> {(row key, col key, shape, dtype): CSR}
@@ -68,13 +73,15 @@ def _entries(edge: Table) -> dict:
 
 
 def _from_matrix(m: sp.csr_matrix) -> CSR:
+    """The CSR of ``m``; the scipy matrix kept reads the JAX arrays' memory (one copy of the
+    entries, not two)."""
     m.sort_indices()
     counts = np.diff(m.indptr)
     nonempty = np.flatnonzero(counts)
     indptr = np.concatenate([[0], np.cumsum(counts[nonempty])]).astype(np.int32)
-    return CSR(m, jnp.asarray(m.data), jnp.asarray(m.indices.astype(np.int32)), jnp.asarray(indptr),
-               nonempty, np.repeat(np.arange(m.shape[0]), counts), counts > 0,
-               bool(np.isfinite(m.data).all()))
+    data, indices = jnp.asarray(m.data), jnp.asarray(m.indices.astype(np.int32, copy=False))
+    m = sp.csr_matrix((np.asarray(data), np.asarray(indices), m.indptr), shape=m.shape, copy=False)
+    return CSR(m, data, indices, jnp.asarray(indptr), nonempty, counts > 0, bool(np.isfinite(m.data).all()))
 
 
 def _axis(keys: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, int]:

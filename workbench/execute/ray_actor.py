@@ -115,6 +115,7 @@ class Partition:
         self.failed: dict[int, Exception] = {}  # slot -> the error of the operation that was to write it
         self.stored: set[int] = set()  # slots of stored relations (loaded or sent): read every step
         self._slot_tables: dict[int, Table] = {}  # their Tables, made once
+        self._in_cut_order: set[int] = set()  # stored slots whose rows were put in the order of a cut
 
     # ---- key identity ------------------------------------------------------------------------
     def _canon(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -253,9 +254,10 @@ class Partition:
         for group in specs:
             if len(group) == 1 and group[0][0] == "slot" and group[0][1] in self.stored:
                 slot = group[0][1]
-                if slot not in self._slot_tables:
-                    keys, values = self._piece(slot)[:2]
-                    self._slot_tables[slot] = Table(keys, jnp.asarray(values))
+                if slot not in self._slot_tables:  # the slot then holds the Table's array: one copy
+                    piece = self._piece(slot)
+                    self._slot_tables[slot] = Table(piece[0], jnp.asarray(piece[1]))
+                    self.slots[slot] = (piece[0], self._slot_tables[slot].values, *piece[2:])
                 out.append(self._slot_tables[slot])
                 continue
             pieces = self._pieces(group, args)
@@ -346,6 +348,7 @@ class Partition:
                 self.params.pop(s, None)
                 self.failed.pop(s, None)
                 self.stored.discard(s)
+                self._in_cut_order.discard(s)
                 table = self._slot_tables.pop(s, None)
                 if table is not None:  # and the cuts of it
                     self._cuts = {k: c for k, c in self._cuts.items() if c[0] is not table}
@@ -431,8 +434,11 @@ class Partition:
         key = (id(keys), node.row_key, parts)
         held = self._cuts.get(key)
         held_cut = isinstance(edge, Table)  # a stored edge table: its cuts never change
+        slot = next((s for s, t in self._slot_tables.items() if t is edge), None) if held_cut else None
         if held is not None and held[0] is edge:  # cut in an earlier step
             cut = held[1]
+        elif slot is not None and slot not in self._in_cut_order:
+            edge, cut = self._cut_in_place(slot, edge, node.row_key, parts)
         else:  # each cut's values go to JAX once, from the piece's (or stored table's) array
             values = np.asarray(edge.values if isinstance(edge, Table) else edge[1])
             order, bounds = self._route(keys, (node.row_key,), len(values), parts)
@@ -457,6 +463,22 @@ class Partition:
             sent = self._send(piece, q)
             refs.append(sent if isinstance(sent, Stashed) else ray.put(sent))
         return refs
+
+    def _cut_in_place(self, slot: int, edge: Table, col: str, parts: int) -> tuple[Table, list]:
+        """A stored edge table cut by the hash of ``col`` without a copy: the slot's rows are put
+        in the order of the cuts once, and each cut is a slice of them (its values a view)."""
+        order, bounds = self._route(edge.keys, (col,), edge.height, parts)
+        keys = self._canon(edge.keys[order])
+        values = jnp.asarray(np.asarray(edge.values)[order])
+        self._drop_frames({id(edge.keys)})  # the old order's route and matches
+        table = self._slot_tables[slot] = Table(keys, values)
+        self.slots[slot] = (keys, values, *self.slots[slot][2:])
+        self._in_cut_order.add(slot)
+        view = np.asarray(values)
+        cut = [Table(keys.slice(int(bounds[q]), int(bounds[q + 1] - bounds[q])), view[bounds[q]:bounds[q + 1]])
+               for q in range(parts)]
+        self._cuts[(id(keys), col, parts)] = (table, cut)
+        return table, cut
 
     def _sums(self, node: Node, pieces: list, keep):
         """The sums by ``node.by`` of partial sums received as ``pieces``; with ``keep``, only the

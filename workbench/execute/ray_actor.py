@@ -485,7 +485,7 @@ class Partition:
         groups whose keys ``keep`` holds (a semi-join on the keys). Within a piece the group keys
         are distinct (each is a partial sum by those keys): the largest piece's rows are the first
         groups, in its order, and every other piece is gathered per group (a zero row where it
-        has none), so the sum is one pass. The group plan is made once per set of key frames; the
+        has none) and added in place, one piece at a time. The group plan is made once per set of key frames; the
         sum stays in JAX for the operation that reads it."""
         pieces = [p for p in pieces if p[1].shape[0]]
         if not pieces:
@@ -496,7 +496,9 @@ class Partition:
             frames = tuple(p[0] for p in pieces)
             keys, g, at = self._recent(self._groups, frames, lambda: _sum_plan(frames, node.by, node.schema.extents),
                                        node.by)
-            values = _add_pieces(tuple(jnp.asarray(p[1]) for p in pieces), at, g)
+            values = _first_piece(pieces[0][1], g)
+            for p, rows in zip(pieces[1:], at):  # one piece in JAX memory at a time
+                values = _add_piece(values, p[1], rows)
         if keep is not None:
             kk = keep.keys if isinstance(keep, Table) else keep[0]
 
@@ -566,13 +568,15 @@ def _sum_plan(frames: tuple, by: tuple[str, ...], extents: tuple[int, ...]):
 
 
 @functools.partial(jax.jit, static_argnames=("g",))
-def _add_pieces(pieces: tuple, at: tuple, g: int):
-    """sum_i pieces_i[at_i] over g groups: the first piece is groups 0..n0-1, zeros after."""
-    first = pieces[0]
-    y = jnp.concatenate([first, jnp.zeros((g - first.shape[0], *first.shape[1:]), first.dtype)])
-    for x, rows in zip(pieces[1:], at):
-        y = y + jnp.take(x, rows, axis=0, mode="fill", fill_value=0)
-    return y
+def _first_piece(x, g: int):
+    """The first piece as groups 0..n0-1 of g, zeros after."""
+    return jnp.concatenate([x, jnp.zeros((g - x.shape[0], *x.shape[1:]), x.dtype)])
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _add_piece(y, x, rows):
+    """y + x[rows] in y's memory (a row past x's end reads zeros)."""
+    return y + jnp.take(x, rows, axis=0, mode="fill", fill_value=0)
 
 
 def _as_piece(x):

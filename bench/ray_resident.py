@@ -2,8 +2,8 @@
 executor, the task runner (``workbench.execute.ray.RayRunner``: one task per node and partition,
 the driver reads and splits every relation) and the resident runner (``wb.RayRunner``: one actor
 per partition reading its own shards; the driver reads nothing), with epoch seconds and the peak
-memory of the driver and of every worker. float32, no dropout (dropout masks are node-sized
-data drawn on the driver), Adam on W1 and W2 on the driver.
+memory of the driver and of every worker. float32, no dropout (as in the scaling figure), Adam
+on W1 and W2 on the driver.
 
     .venv/bin/python bench/ray_resident.py --scale 17 --hidden 256 --partitions 2 4
 

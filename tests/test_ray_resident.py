@@ -162,6 +162,29 @@ def test_dropout_masks_are_drawn_by_the_actors(runner):
             np.testing.assert_allclose(g, w.to_tensor(), rtol=1e-9, atol=1e-12)
 
 
+def test_backward_drops_intermediates_after_their_last_read(runner, monkeypatch):
+    """In the backward run (the last of a step) an intermediate goes as soon as its last reader
+    has run, before the step ends: never a stored relation's part, nor a result's."""
+    graph = graphs.karate_club()
+    rels = graphs.to_relations(graph, dtype="float64")
+    W1, W2 = gcn.init_params(graph.n_features, 8, graph.n_classes, seed=0, dtype="float64")
+    released, finished = [], []
+    real_release, real_finish = runner.release, runner.finish
+    monkeypatch.setattr(runner, "release", lambda parts: (released.append(list(parts)), real_release(parts)))
+    monkeypatch.setattr(runner, "finish", lambda ctx, tables: (finished.append(len(released)),
+                                                                real_finish(ctx, tables)))
+    program = gcn.loss_program(rels, None, None, 5e-4)
+    loss, grads = wb.value_and_grad(program, argnums=(1, 2), executor=runner)(rels.node, W1, W2)
+    early = [p for batch in released[:finished[0]] for p in batch]
+    assert len(early) >= 4 * runner.partitions, released  # several intermediates, in every partition
+    kept = set(runner.held_elsewhere()) | {p for g in grads for p in g.table().rel.parts}
+    assert not kept & set(early)
+    want_loss, want = wb.value_and_grad(program, argnums=(1, 2))(rels.node, W1, W2)
+    np.testing.assert_allclose(float(loss.to_tensor()), float(want_loss.to_tensor()), rtol=1e-9)
+    for g, w in zip(grads, want):
+        np.testing.assert_allclose(g.to_tensor(), w.to_tensor(), rtol=1e-9, atol=1e-12)
+
+
 def _factorization(rng, n=13, m=11, rank=3, density=0.5):
     """NNMF's loss at the observed entries: sum over (i, j) of (<U_i, V_j> - x_ij)^2."""
     mask = rng.uniform(size=(n, m)) < density

@@ -131,6 +131,7 @@ class Differentiated:
         ex = self.executor
         ctx = ex.context()
         out = Relation.computed(out.node, ex.run([out.node], ctx)[0])
+        ctx.last = True  # the backward is the last run: intermediates can go after their last read
         grads = _gradients(ex, ctx, out, seed(out.node), leaves, nums)
         ex.finish(ctx, [r.table() for r in (out, *grads)])  # the forward's intermediates can go
         grads = grads[0] if isinstance(self.argnums, int) else tuple(grads)

@@ -32,6 +32,9 @@ class Context:
 
     memo: dict = field(default_factory=dict)  # Node -> the executor's result
     stats: dict | None = None  # Node -> NodeStats
+    # no later run reads this context: an executor may drop each result once the run under way
+    # has read it for the last time (the outputs of that run excepted)
+    last: bool = False
 
 
 class Executor:

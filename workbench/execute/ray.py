@@ -194,7 +194,9 @@ class RayRunner(Executor):
         if not ray.is_initialized():
             raise RuntimeError("RayRunner: Ray is not running; use the runner as a context manager "
                                "(`with RayRunner(partitions=4) as runner: ...`)")
-        for node in toposort(outputs):
+        nodes = toposort(outputs)
+        readers = _readers(nodes, ctx) if ctx.last else None
+        for node in nodes:
             if node in ctx.memo:
                 continue
             start = time.perf_counter()
@@ -204,6 +206,39 @@ class RayRunner(Executor):
                 ctx.stats[node] = NodeStats(sum(r for r, _ in sizes), time.perf_counter() - start,
                                             sum(b for _, b in sizes), partitions=tuple(r for r, _ in sizes))
             ctx.memo[node] = result
+            if readers is not None:
+                self._read(node, readers, set(outputs), ctx)
+
+    def _read(self, node: Node, readers: dict, outputs: set, ctx: RayContext) -> None:
+        """``node`` has run in a context's last run: the parts of each input it was the last
+        reader of (and of that input's shuffled copies) are released, unless a result still to
+        be read, an output or a scan holds them too."""
+        dead = []
+        for i in set(node.inputs):
+            readers[i] -= 1
+            if not readers[i] and i not in outputs and not isinstance(i, Scan):
+                dead.append(i)
+        if not dead:
+            return
+        live = set(self.held_elsewhere())
+        for n, rel in ctx.memo.items():
+            if readers.get(n) or n in outputs or isinstance(n, Scan):
+                live.update(rel.parts)
+        for (n, _), groups in ctx.shuffles.items():
+            if readers.get(n) or n in outputs:
+                live.update(p for g in groups for p in g)
+        gone = set()
+        for n in dead:
+            gone.update(p for p in ctx.memo[n].parts if p not in live)
+            for (m, _), groups in ctx.shuffles.items():
+                if m is n:
+                    gone.update(p for g in groups for p in g if p not in live)
+        self.release(list(gone))
+
+    def held_elsewhere(self) -> list:
+        """Parts that outlive every run (stored relations' partitionings): never released."""
+        return [p for _, entry in self._stored.values() for made in entry.values()
+                for p in (made.parts if isinstance(made, Partitioned) else [x for g in made for x in g])]
 
     def collect(self, result: "Partitioned") -> Table:
         return self.gather_parts(result)
@@ -323,6 +358,16 @@ class RayRunner(Executor):
 
 
 # ---- one function per node type -------------------------------------------------------------------
+
+
+def _readers(nodes: list[Node], ctx) -> dict:
+    """For each node, how many of ``nodes`` still to run read it."""
+    readers: dict = {}
+    for node in nodes:
+        if node not in ctx.memo:
+            for i in set(node.inputs):
+                readers[i] = readers.get(i, 0) + 1
+    return readers
 
 
 @functools.singledispatch

@@ -5,8 +5,9 @@ process.
     .venv/bin/python bench/blocked_matmul.py                       # 2048^2 in 256^2 blocks
     .venv/bin/python bench/blocked_matmul.py --n 1024 --block 128
 
-Each side runs once first (compiling), then ``--repeat`` times; medians are printed. "GEMM
-share" is numpy's time for ``a @ b`` over the workbench forward time (1.0: as fast as one GEMM).
+Each side runs once first (compiling), then all of them in turn ``--repeat`` times (A B C A B C,
+so a change in the machine's speed falls on each alike); medians are printed. "GEMM share" is
+numpy's time for ``a @ b`` over the workbench forward time (1.0: as fast as one GEMM).
 """
 from __future__ import annotations
 
@@ -32,6 +33,26 @@ def timed(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
+# OpenBLAS's worker threads spin for about 0.1 s after a GEMM returns: a call timed right after
+# numpy's would share the cores with them. Each timed call follows this pause.
+PAUSE = 0.15
+
+
+def interleaved(fns, repeat: int) -> list[float]:
+    """Each of ``fns`` called once (compiling), then all of them in turn ``repeat`` times, each
+    call after ``PAUSE``: the median seconds of each."""
+    for fn in fns:
+        jax.block_until_ready(fn())
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, ts in zip(fns, times):
+            time.sleep(PAUSE)
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            ts.append(time.perf_counter() - start)
+    return [statistics.median(ts) for ts in times]
+
+
 def loss(A, B):
     C = matmul(A, B)
     return wb.aggregate(wb.select(C, kernel=lambda v: jnp.sum(v * v)), by=())
@@ -54,11 +75,10 @@ def main(argv=None) -> None:
     ja, jb = jnp.asarray(a), jnp.asarray(b)
     jf = jax.jit(lambda a, b: jnp.sum((a @ b) ** 2))
     jvg = jax.jit(jax.value_and_grad(lambda a, b: jnp.sum((a @ b) ** 2), argnums=(0, 1)))
-    t_np = timed(lambda: a @ b, args.repeat)
-    t_jf = timed(lambda: jf(ja, jb), args.repeat)
-    t_jvg = timed(lambda: jvg(ja, jb), args.repeat)
-    t_wf = timed(lambda: fwd(A, B).table().values, args.repeat)
-    t_wvg = timed(lambda: [r.table().values for r in jax.tree.leaves(step(A, B), is_leaf=lambda x: isinstance(x, wb.Relation))], args.repeat)
+    t_np, t_jf, t_jvg, t_wf, t_wvg = interleaved(
+        [lambda: a @ b, lambda: jf(ja, jb), lambda: jvg(ja, jb), lambda: fwd(A, B).table().values,
+         lambda: [r.table().values for r in jax.tree.leaves(step(A, B), is_leaf=lambda x: isinstance(x, wb.Relation))]],
+        args.repeat)
     t_int = timed(lambda: [r.table().values for r in jax.tree.leaves(interp(A, B), is_leaf=lambda x: isinstance(x, wb.Relation))], max(2, args.repeat // 2))
     value, (gA, gB) = step(A, B)
     want, (wa, wbb) = jvg(ja, jb)

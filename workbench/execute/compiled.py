@@ -55,6 +55,14 @@ RULES = (passes.drop_identity_selects, passes.common_subexpressions, passes.fuse
 # 0.8 s with it and 0.03 s without. GCN and blocked-matmul steps run alike either way.
 XLA_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
+# A plan with a dense block product (one GEMM over the dense matrices its blocks tile) runs
+# without YNNPACK, on XLA's own (Eigen) GEMM: a 2048^3 float32 product ran at 0.9-1.0x numpy's
+# OpenBLAS speed there, 4-12% faster than through YNNPACK. YNNPACK's dot fusion would also pull
+# the kernel after the product (the square in sum((A @ B)^2)) into the GEMM, which then ran about
+# 1.5x slower. Other plans keep XLA_OPTIONS (without YNNPACK a GCN step ran 1.1-1.3x slower);
+# with no YNNPACK there is no reduce fusion, so the shared sum above is never recomputed.
+BLOCK_XLA_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
 # Compiled XLA programs by (program text, kernel fingerprints): plans of one shape share one.
 _EXECUTABLES = LRU(64)
 
@@ -297,6 +305,8 @@ class CompiledPlan:
                                                    for node, spec in specs]
         self.timings.keys += time.perf_counter() - start
         self.dtypes = [o.schema for o in physical]
+        dense_blocks = any(isinstance(spec, _Blocks) and spec.p.mode == "dense" for _, spec in specs)
+        self.xla_options = BLOCK_XLA_OPTIONS if dense_blocks else XLA_OPTIONS
         self._fn = jax.jit(self._values)
         self._compiled = None
         self._kernel_nodes = [n for n in order if n in dynamic and getattr(n, "kernel", None) is not None
@@ -741,8 +751,9 @@ class CompiledPlan:
                 # a plan rebuilt for new keys of the same shapes (a new batch) lowers to the same
                 # program: its executable is reused (inputs a program never reads leave no text)
                 key = (hashlib.sha256(lowered.as_text().encode()).digest(), kernels, lowered.in_tree,
-                       tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves(lowered.args_info)))
-                return None, _EXECUTABLES.get_or_make(key, lambda: (None, lowered.compile(XLA_OPTIONS)))
+                       tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves(lowered.args_info)),
+                       tuple(sorted(self.xla_options.items())))
+                return None, _EXECUTABLES.get_or_make(key, lambda: (None, lowered.compile(self.xla_options)))
 
             if self.program is None:
                 self._compiled = lower_and_compile()[1]
